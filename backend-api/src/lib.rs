@@ -1,0 +1,37 @@
+//! The stable ABI between the Ferrum server and its backend libraries.
+//!
+//! A backend is a `cdylib` that depends on this crate, implements [`SimpleModel`] (or the full
+//! [`Backend`] / [`Model`] / [`Instance`] trio) and exports it with [`export_model!`] (or
+//! [`export_backend!`]). The server loads the library at run time, checks that it was built
+//! against a compatible version of this crate, and refuses it with a clear error otherwise.
+
+#![warn(missing_docs)]
+
+mod author;
+pub mod bytes;
+mod element;
+mod ffi;
+mod types;
+
+pub use abi_stable;
+pub use author::{
+    Backend, Instance, InstanceContext, Model, ModelContext, SimpleBackend, SimpleModel,
+    SimpleShared, create_backend, guard, host_infer, log, root_module,
+};
+pub use element::Element;
+pub use ffi::*;
+pub use types::*;
+
+/// Number of elements a shape describes (negative dims count as zero).
+pub fn element_count(shape: &[i64]) -> usize {
+    shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product()
+}
+
+/// Everything a backend author usually needs.
+pub mod prelude {
+    pub use crate::{
+        Backend, BackendError, DataType, Element, ErrorCode, Instance, InstanceContext, LogLevel,
+        Model, ModelContext, OutputTensor, Request, Response, SimpleModel, Tensor, export_backend,
+        export_model,
+    };
+}

@@ -1,0 +1,115 @@
+//! Command line flags, spelled and meant as tritonserver's where they overlap.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Ferrum: an inference server that speaks Triton's HTTP/gRPC protocol and loads backends as plugins.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ferrum", version, about)]
+pub struct Args {
+    /// Model repository folder; repeat for several repositories.
+    #[arg(long = "model-repository", alias = "model-store", required = true, value_name = "DIR")]
+    pub model_repository: Vec<PathBuf>,
+
+    /// Folder holding backend libraries as <DIR>/<name>/libferrum_<name>.so.
+    /// Default: ../backends next to the ferrum executable's folder.
+    #[arg(long, value_name = "DIR")]
+    pub backend_directory: Option<PathBuf>,
+
+    /// Setting for a backend: <backend>,<key>=<value>. Repeatable.
+    #[arg(long = "backend-config", value_name = "BACKEND,KEY=VALUE")]
+    pub backend_config: Vec<String>,
+
+    /// Serve the HTTP/REST protocol.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub allow_http: bool,
+
+    /// Address the HTTP server binds to.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub http_address: String,
+
+    /// Port of the HTTP server.
+    #[arg(long, default_value_t = 8000, value_name = "PORT")]
+    pub http_port: u16,
+
+    /// Serve the gRPC protocol.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub allow_grpc: bool,
+
+    /// Address the gRPC server binds to.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub grpc_address: String,
+
+    /// Port of the gRPC server.
+    #[arg(long, default_value_t = 8001, value_name = "PORT")]
+    pub grpc_port: u16,
+
+    /// Serve Prometheus metrics.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub allow_metrics: bool,
+
+    /// Address the metrics server binds to.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub metrics_address: String,
+
+    /// Port of the metrics server.
+    #[arg(long, default_value_t = 8002, value_name = "PORT")]
+    pub metrics_port: u16,
+
+    /// Verbose logging level; 0 is off, 1 and more add detail.
+    #[arg(long, default_value_t = 0, value_name = "LEVEL")]
+    pub log_verbose: u32,
+
+    /// true: every model needs a complete config.pbtxt (no auto-complete from the model file).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, value_name = "BOOL")]
+    pub strict_model_config: bool,
+
+    /// Turn off completing model configs from model files.
+    #[arg(long, default_value_t = false)]
+    pub disable_auto_complete_config: bool,
+
+    /// Largest request body or gRPC message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_request_size: usize,
+}
+
+impl Args {
+    /// Whether backends may complete model configs.
+    pub fn auto_complete(&self) -> bool {
+        !self.strict_model_config && !self.disable_auto_complete_config
+    }
+
+    /// The backend directory: the flag, or `../backends` from the executable's folder.
+    pub fn backend_directory(&self) -> PathBuf {
+        if let Some(dir) = &self.backend_directory {
+            return dir.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().and_then(|bin| bin.parent()).map(|p| p.join("backends")))
+            .unwrap_or_else(|| PathBuf::from("backends"))
+    }
+
+    /// `--backend-config` settings grouped per backend as JSON objects.
+    pub fn backend_configs(
+        &self,
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, String> {
+        let mut configs: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        for setting in &self.backend_config {
+            let (backend, kv) = setting
+                .split_once(',')
+                .ok_or_else(|| format!("--backend-config '{setting}' is not <backend>,<key>=<value>"))?;
+            let (key, value) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--backend-config '{setting}' is not <backend>,<key>=<value>"))?;
+            let entry = configs
+                .entry(backend.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let serde_json::Value::Object(map) = entry {
+                map.insert(key.to_string(), serde_json::Value::String(value.to_string()));
+            }
+        }
+        Ok(configs)
+    }
+}

@@ -1,0 +1,333 @@
+//! The one API both frontends call: requests and responses in the server's own terms, and
+//! the operations of the protocol (health, metadata, config, index, infer).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use ferrum_backend_api::{DataType, HostInferRequest, OutputTensor, Parameter, Response};
+
+use crate::error::{Error, Result};
+use crate::models::{IndexEntry, LiveModel, ModelManager};
+
+/// The server's name in its metadata.
+pub const SERVER_NAME: &str = "ferrum";
+/// The server's version in its metadata.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Protocol extensions the server supports.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository"];
+
+/// An input tensor of a request; its bytes are shared with the wire buffer where possible.
+#[derive(Clone, Debug)]
+pub struct InputTensor {
+    /// Input name.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Full shape.
+    pub shape: Vec<i64>,
+    /// Little-endian elements; for BYTES, length-prefixed strings.
+    pub data: Bytes,
+}
+
+/// Number of elements a shape describes, or an error for negative or overflowing dims.
+pub fn element_count(name: &str, shape: &[i64]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| {
+        let d = usize::try_from(d)
+            .map_err(|_| Error::invalid(format!("input '{name}' has a negative dimension {d}")))?;
+        acc.checked_mul(d)
+            .ok_or_else(|| Error::invalid(format!("input '{name}' shape {shape:?} is too large")))
+    })
+}
+
+impl InputTensor {
+    /// Checks that the bytes hold exactly what the shape and type describe.
+    pub fn check_byte_size(&self) -> Result<()> {
+        let count = element_count(&self.name, &self.shape)?;
+        match self.datatype.element_size() {
+            Some(size) => {
+                let expected = count.checked_mul(size).ok_or_else(|| {
+                    Error::invalid(format!("input '{}' shape {:?} is too large", self.name, self.shape))
+                })?;
+                if self.data.len() != expected {
+                    return Err(Error::invalid(format!(
+                        "input '{}' got unexpected byte size {}, expected {expected} for {count} {} elements",
+                        self.name,
+                        self.data.len(),
+                        self.datatype
+                    )));
+                }
+            }
+            None => {
+                let items = ferrum_backend_api::bytes::decode(&self.data).map_err(|e| {
+                    Error::invalid(format!("input '{}': {}", self.name, e.message))
+                })?;
+                if items.len() != count {
+                    return Err(Error::invalid(format!(
+                        "input '{}' holds {} BYTES elements but its shape {:?} needs {count}",
+                        self.name,
+                        items.len(),
+                        self.shape
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An inference request in the server's terms.
+#[derive(Clone, Debug, Default)]
+pub struct InferRequest {
+    /// Target model.
+    pub model_name: String,
+    /// Target version; none picks the highest ready one.
+    pub model_version: Option<i64>,
+    /// Client's request id.
+    pub id: String,
+    /// Request parameters.
+    pub parameters: Vec<Parameter>,
+    /// Inputs.
+    pub inputs: Vec<InputTensor>,
+    /// Requested output names (empty: all).
+    pub outputs: Vec<String>,
+}
+
+impl InferRequest {
+    /// Copies a backend's in-process request into an owned one.
+    pub fn from_host(request: &HostInferRequest<'_>) -> Self {
+        InferRequest {
+            model_name: request.model_name.to_string(),
+            model_version: (request.model_version > 0).then_some(request.model_version),
+            id: request.id.to_string(),
+            parameters: request.parameters.to_vec(),
+            inputs: request
+                .inputs
+                .iter()
+                .map(|t| InputTensor {
+                    name: t.name.to_string(),
+                    datatype: t.datatype,
+                    shape: t.shape.to_vec(),
+                    data: Bytes::copy_from_slice(t.data.as_slice()),
+                })
+                .collect(),
+            outputs: request.requested_outputs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// An output tensor of a response.
+#[derive(Clone, Debug)]
+pub struct OutputData {
+    /// Output name.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Full shape.
+    pub shape: Vec<i64>,
+    /// Little-endian elements; for BYTES, length-prefixed strings.
+    pub data: Bytes,
+}
+
+/// An inference response in the server's terms.
+#[derive(Clone, Debug)]
+pub struct InferResponse {
+    /// The model that answered.
+    pub model_name: String,
+    /// Its version.
+    pub model_version: i64,
+    /// The request's id.
+    pub id: String,
+    /// Response parameters from the backend.
+    pub parameters: Vec<Parameter>,
+    /// Outputs, in the order the backend produced them.
+    pub outputs: Vec<OutputData>,
+}
+
+impl InferResponse {
+    /// Converts back into the ABI's response type (for backend-initiated inference).
+    pub fn into_backend_response(self) -> Response {
+        let outputs = self
+            .outputs
+            .into_iter()
+            .map(|o| OutputTensor::new(&o.name, o.datatype, o.shape, o.data.to_vec()))
+            .collect();
+        Response { outputs, parameters: self.parameters.into() }
+    }
+}
+
+/// Model metadata: name, ready versions, platform, inputs and outputs.
+#[derive(Clone, Debug)]
+pub struct ModelMetadata {
+    /// Model name.
+    pub name: String,
+    /// Ready versions.
+    pub versions: Vec<String>,
+    /// Platform or backend name.
+    pub platform: String,
+    /// Inputs as (name, datatype, shape).
+    pub inputs: Vec<(String, String, Vec<i64>)>,
+    /// Outputs as (name, datatype, shape).
+    pub outputs: Vec<(String, String, Vec<i64>)>,
+}
+
+/// The server core: models, readiness, and the operations the frontends expose.
+pub struct Core {
+    /// Models and their routing table.
+    pub models: Arc<ModelManager>,
+    /// Set once start-up loading is done.
+    ready: AtomicBool,
+    /// Set when shutdown begins.
+    shutting_down: AtomicBool,
+    /// Request counters.
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Core {
+    /// A core over these models, not ready yet.
+    pub fn new(models: Arc<ModelManager>) -> Self {
+        Core {
+            models,
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            metrics: Default::default(),
+        }
+    }
+
+    /// Marks start-up as finished.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the start of shutdown: readiness goes false.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the server is live.
+    pub fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Whether the server is ready for inference.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Whether a model (version) is ready.
+    pub fn model_ready(&self, name: &str, version: Option<i64>) -> bool {
+        self.models.is_ready(name, version)
+    }
+
+    /// A model's metadata.
+    pub fn model_metadata(&self, name: &str, version: Option<i64>) -> Result<ModelMetadata> {
+        let live = self.models.get(name, version)?;
+        let describe = |specs: &[crate::models::TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| (s.name.clone(), s.datatype.to_string(), live.client_shape(s)))
+                .collect()
+        };
+        Ok(ModelMetadata {
+            name: live.name.clone(),
+            versions: self.models.ready_versions(name).iter().map(i64::to_string).collect(),
+            platform: live.platform().to_string(),
+            inputs: describe(&live.inputs),
+            outputs: describe(&live.outputs),
+        })
+    }
+
+    /// A model's live config.
+    pub fn model_config(&self, name: &str, version: Option<i64>) -> Result<Arc<LiveModel>> {
+        self.models.get(name, version)
+    }
+
+    /// The repository index.
+    pub fn repository_index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows = self.models.index();
+        if ready_only {
+            rows.retain(|r| r.state == crate::models::ModelState::Ready);
+        }
+        rows
+    }
+
+    /// Runs one inference and returns its response.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        let model = self.models.get(&request.model_name, request.model_version)?;
+        let result = self.infer_on(&model, request).await;
+        self.metrics.record(&model.name, &model.version.to_string(), result.is_ok());
+        result
+    }
+
+    async fn infer_on(&self, model: &Arc<LiveModel>, request: InferRequest) -> Result<InferResponse> {
+        model.validate(&request)?;
+        let requested = request.outputs.clone();
+        let id = request.id.clone();
+        let mut responses = model.scheduler.submit(request)?;
+        let mut first: Option<Response> = None;
+        loop {
+            let message = responses.recv().await.ok_or_else(|| {
+                Error::internal("the backend ended the request without a final response")
+            })?;
+            let response = message.result?;
+            if first.is_none() {
+                first = Some(response);
+            }
+            if message.is_final {
+                break;
+            }
+        }
+        let response = first.unwrap_or_default();
+        let outputs = collect_outputs(model, response.outputs.into_vec(), &requested)?;
+        Ok(InferResponse {
+            model_name: model.name.clone(),
+            model_version: model.version,
+            id,
+            parameters: response.parameters.into_vec(),
+            outputs,
+        })
+    }
+}
+
+/// Keeps the requested outputs (all when none were named), checking each buffer's size.
+fn collect_outputs(
+    model: &LiveModel,
+    outputs: Vec<OutputTensor>,
+    requested: &[String],
+) -> Result<Vec<OutputData>> {
+    let mut kept = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let name = output.name.as_str();
+        if !requested.is_empty() && !requested.iter().any(|r| r == name) {
+            continue;
+        }
+        let count = element_count(name, &output.shape)
+            .map_err(|e| Error::internal(format!("model '{}' output: {}", model.name, e.message)))?;
+        let consistent = match output.datatype.element_size() {
+            Some(size) => count.checked_mul(size) == Some(output.data.len()),
+            None => ferrum_backend_api::bytes::decode(&output.data).is_ok_and(|items| items.len() == count),
+        };
+        if !consistent {
+            return Err(Error::internal(format!(
+                "model '{}' produced output '{name}' whose {} bytes do not match its shape {:?} and type {}",
+                model.name,
+                output.data.len(),
+                output.shape.as_slice(),
+                output.datatype
+            )));
+        }
+        kept.push(OutputData {
+            name: name.to_string(),
+            datatype: output.datatype,
+            shape: output.shape.into_vec(),
+            data: Bytes::from_owner(output.data),
+        });
+    }
+    if let Some(missing) = requested.iter().find(|r| !kept.iter().any(|o| &o.name == *r)) {
+        return Err(Error::internal(format!(
+            "model '{}' did not produce the requested output '{missing}'",
+            model.name
+        )));
+    }
+    Ok(kept)
+}

@@ -1,0 +1,332 @@
+//! The KServe v2 gRPC protocol (`inference.GRPCInferenceService`) with Triton's extensions
+//! (tonic). Each method decodes, calls the core, encodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrum_backend_api::{DataType, ParamValue, Parameter};
+use tonic::{Request, Response, Status};
+
+use crate::core::{Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION};
+use crate::error::{Error, ErrorKind};
+use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::proto::inference::infer_parameter::ParameterChoice;
+use crate::proto::inference::model_infer_response::InferOutputTensor;
+use crate::proto::inference::model_metadata_response::TensorMetadata;
+use crate::proto::inference::repository_index_response::ModelIndex;
+use crate::proto::inference::*;
+
+/// The gRPC status for a server error.
+pub fn status_of(error: Error) -> Status {
+    let code = match error.kind {
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Unsupported => tonic::Code::Unimplemented,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorKind::Cancelled => tonic::Code::Cancelled,
+        ErrorKind::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, error.message)
+}
+
+/// The gRPC service over the core.
+pub struct GrpcFrontend {
+    /// The core every method calls.
+    core: Arc<Core>,
+}
+
+/// The tonic service, with message size limits set.
+pub fn service(core: Arc<Core>, max_message: usize) -> GrpcInferenceServiceServer<GrpcFrontend> {
+    GrpcInferenceServiceServer::new(GrpcFrontend { core })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX)
+}
+
+fn parse_version(version: &str) -> Result<Option<i64>, Status> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument(format!("'{version}' is not a valid model version")))
+}
+
+fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Parameter> {
+    parameters
+        .into_iter()
+        .filter_map(|(key, p)| {
+            let value = match p.parameter_choice? {
+                ParameterChoice::BoolParam(b) => ParamValue::Bool(b),
+                ParameterChoice::Int64Param(i) => ParamValue::Int(i),
+                ParameterChoice::Uint64Param(u) => ParamValue::Int(u as i64),
+                ParameterChoice::DoubleParam(d) => ParamValue::Double(d),
+                ParameterChoice::StringParam(s) => ParamValue::Str(s.into()),
+            };
+            Some(Parameter { key: key.into(), value })
+        })
+        .collect()
+}
+
+fn to_wire_parameters(parameters: &[Parameter]) -> HashMap<String, InferParameter> {
+    parameters
+        .iter()
+        .map(|p| {
+            let choice = match &p.value {
+                ParamValue::Bool(b) => ParameterChoice::BoolParam(*b),
+                ParamValue::Int(i) => ParameterChoice::Int64Param(*i),
+                ParamValue::Double(d) => ParameterChoice::DoubleParam(*d),
+                ParamValue::Str(s) => ParameterChoice::StringParam(s.to_string()),
+            };
+            (p.key.to_string(), InferParameter { parameter_choice: Some(choice) })
+        })
+        .collect()
+}
+
+/// Converts typed `contents` into little-endian bytes of the input's type.
+fn contents_to_bytes(name: &str, datatype: DataType, c: InferTensorContents) -> Result<Bytes, Error> {
+    let wrong = |field: &str| {
+        Error::invalid(format!("input '{name}' of type {datatype} cannot carry its data in {field}"))
+    };
+    let mut out = Vec::new();
+    macro_rules! narrow {
+        ($src:expr, $t:ty) => {
+            for v in $src {
+                let x = <$t>::try_from(v).map_err(|_| {
+                    Error::invalid(format!("input '{name}': value {v} does not fit {datatype}"))
+                })?;
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    let used: Vec<&str> = [
+        (!c.bool_contents.is_empty(), "bool_contents"),
+        (!c.int_contents.is_empty(), "int_contents"),
+        (!c.int64_contents.is_empty(), "int64_contents"),
+        (!c.uint_contents.is_empty(), "uint_contents"),
+        (!c.uint64_contents.is_empty(), "uint64_contents"),
+        (!c.fp32_contents.is_empty(), "fp32_contents"),
+        (!c.fp64_contents.is_empty(), "fp64_contents"),
+        (!c.bytes_contents.is_empty(), "bytes_contents"),
+    ]
+    .into_iter()
+    .filter_map(|(set, field)| set.then_some(field))
+    .collect();
+    let expected = match datatype {
+        DataType::BOOL => "bool_contents",
+        DataType::INT8 | DataType::INT16 | DataType::INT32 => "int_contents",
+        DataType::INT64 => "int64_contents",
+        DataType::UINT8 | DataType::UINT16 | DataType::UINT32 => "uint_contents",
+        DataType::UINT64 => "uint64_contents",
+        DataType::FP32 => "fp32_contents",
+        DataType::FP64 => "fp64_contents",
+        DataType::BYTES => "bytes_contents",
+        _ => {
+            return Err(Error::invalid(format!(
+                "input '{name}' of type {datatype} must be sent in raw_input_contents"
+            )));
+        }
+    };
+    if let Some(other) = used.iter().find(|f| **f != expected) {
+        return Err(wrong(other));
+    }
+    match datatype {
+        DataType::BOOL => out.extend(c.bool_contents.iter().map(|&b| u8::from(b))),
+        DataType::INT8 => narrow!(c.int_contents, i8),
+        DataType::INT16 => narrow!(c.int_contents, i16),
+        DataType::INT32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::INT64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::UINT8 => narrow!(c.uint_contents, u8),
+        DataType::UINT16 => narrow!(c.uint_contents, u16),
+        DataType::UINT32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::UINT64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::FP32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::FP64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        _ => {
+            for item in &c.bytes_contents {
+                let len = u32::try_from(item.len())
+                    .map_err(|_| Error::invalid(format!("input '{name}' has an element over 4 GiB")))?;
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(item);
+            }
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Builds the core request from the wire request.
+fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
+    let version = if request.model_version.is_empty() {
+        None
+    } else {
+        Some(
+            request
+                .model_version
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| Error::invalid(format!("'{}' is not a valid model version", request.model_version)))?,
+        )
+    };
+    let raw = request.raw_input_contents;
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(Error::invalid(format!(
+            "expected {} raw_input_contents, one per input, got {}",
+            request.inputs.len(),
+            raw.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
+            Error::invalid(format!("input '{}' has unknown datatype '{}'", input.name, input.datatype))
+        })?;
+        let data = match (raw.next(), input.contents) {
+            (Some(bytes), None) => bytes,
+            (None, Some(contents)) => contents_to_bytes(&input.name, datatype, contents)?,
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has both contents and raw_input_contents",
+                    input.name
+                )));
+            }
+            (None, None) => Bytes::new(),
+        };
+        inputs.push(InputTensor { name: input.name, datatype, shape: input.shape, data });
+    }
+    Ok(InferRequest {
+        model_name: request.model_name,
+        model_version: version,
+        id: request.id,
+        parameters: from_wire_parameters(request.parameters),
+        inputs,
+        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+    })
+}
+
+/// Encodes the core response, every output's bytes in raw_output_contents.
+fn encode_response(response: InferResponse) -> ModelInferResponse {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    let mut raw = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        outputs.push(InferOutputTensor {
+            name: output.name,
+            datatype: output.datatype.to_string(),
+            shape: output.shape,
+            parameters: HashMap::new(),
+            contents: None,
+        });
+        raw.push(output.data);
+    }
+    ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version.to_string(),
+        id: response.id,
+        parameters: to_wire_parameters(&response.parameters),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+impl GrpcFrontend {
+    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
+        let request = decode_request(request)?;
+        Ok(encode_response(self.core.infer(request).await?))
+    }
+}
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcFrontend {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> GrpcResult<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: self.core.is_live() }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> GrpcResult<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse { ready: self.core.is_ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> GrpcResult<ModelReadyResponse> {
+        let r = request.into_inner();
+        let version = parse_version(&r.version)?;
+        Ok(Response::new(ModelReadyResponse { ready: self.core.model_ready(&r.name, version) }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> GrpcResult<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: SERVER_NAME.to_string(),
+            version: SERVER_VERSION.to_string(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> GrpcResult<ModelMetadataResponse> {
+        let r = request.into_inner();
+        let m = self.core.model_metadata(&r.name, parse_version(&r.version)?).map_err(status_of)?;
+        let tensors = |list: Vec<(String, String, Vec<i64>)>| {
+            list.into_iter().map(|(name, datatype, shape)| TensorMetadata { name, datatype, shape }).collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> GrpcResult<ModelInferResponse> {
+        self.infer(request.into_inner()).await.map(Response::new).map_err(status_of)
+    }
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> GrpcResult<tonic::codegen::BoxStream<ModelStreamInferResponse>> {
+        let mut incoming = request.into_inner();
+        let core = Arc::clone(&self.core);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let frontend = GrpcFrontend { core };
+            while let Ok(Some(message)) = incoming.message().await {
+                let reply = match frontend.infer(message).await {
+                    Ok(response) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
+                    Err(e) => ModelStreamInferResponse { error_message: e.message, infer_response: None },
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, request: Request<ModelConfigRequest>) -> GrpcResult<ModelConfigResponse> {
+        let r = request.into_inner();
+        let live = self.core.model_config(&r.name, parse_version(&r.version)?).map_err(status_of)?;
+        Ok(Response::new(ModelConfigResponse { config: Some(live.config.clone()) }))
+    }
+
+    async fn repository_index(&self, request: Request<RepositoryIndexRequest>) -> GrpcResult<RepositoryIndexResponse> {
+        let r = request.into_inner();
+        let models = self
+            .core
+            .repository_index(r.ready)
+            .into_iter()
+            .map(|row| ModelIndex {
+                name: row.name,
+                version: row.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: row.state.as_str().to_string(),
+                reason: row.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+}

@@ -1,0 +1,437 @@
+//! The KServe v2 HTTP/REST protocol with Triton's extensions (axum).
+//! Each handler decodes, calls the core, encodes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ferrum_backend_api::{DataType, ParamValue, Parameter};
+use serde_json::{Map, Value, json};
+
+use super::tensor_json;
+use crate::core::{Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION};
+use crate::error::{Error, ErrorKind};
+
+/// The header that splits a binary-extension body into its JSON part and its binary part.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Errors leave as `{"error": "..."}` with the status the kind calls for.
+struct HttpError(Error);
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        HttpError(e)
+    }
+}
+
+/// The HTTP status for an error kind.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::Cancelled => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (status_of(self.0.kind), axum::Json(json!({ "error": self.0.message }))).into_response()
+    }
+}
+
+type HttpResult<T> = Result<T, HttpError>;
+
+/// The HTTP router: the protocol's table of endpoints.
+pub fn router(core: Arc<Core>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/repository/index", post(repository_index))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(core)
+}
+
+async fn not_found() -> HttpError {
+    HttpError(Error::not_found("no such endpoint"))
+}
+
+fn status_only(ok: bool) -> StatusCode {
+    if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+}
+
+async fn live(State(core): State<Arc<Core>>) -> StatusCode {
+    status_only(core.is_live())
+}
+
+async fn ready(State(core): State<Arc<Core>>) -> StatusCode {
+    status_only(core.is_ready())
+}
+
+async fn server_metadata() -> axum::Json<Value> {
+    axum::Json(json!({ "name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS }))
+}
+
+fn parse_version(version: &str) -> Result<Option<i64>, Error> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .map(Some)
+        .ok_or_else(|| Error::invalid(format!("'{version}' is not a valid model version")))
+}
+
+async fn model_metadata(state: State<Arc<Core>>, Path(model): Path<String>) -> HttpResult<axum::Json<Value>> {
+    metadata(state, model, None)
+}
+
+async fn model_metadata_version(
+    state: State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<axum::Json<Value>> {
+    metadata(state, model, parse_version(&version)?)
+}
+
+fn metadata(State(core): State<Arc<Core>>, model: String, version: Option<i64>) -> HttpResult<axum::Json<Value>> {
+    let m = core.model_metadata(&model, version)?;
+    let tensors = |list: &[(String, String, Vec<i64>)]| -> Vec<Value> {
+        list.iter().map(|(n, d, s)| json!({ "name": n, "datatype": d, "shape": s })).collect()
+    };
+    Ok(axum::Json(json!({
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
+    })))
+}
+
+async fn model_ready(State(core): State<Arc<Core>>, Path(model): Path<String>) -> StatusCode {
+    status_only(core.model_ready(&model, None))
+}
+
+async fn model_ready_version(
+    State(core): State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<StatusCode> {
+    Ok(status_only(core.model_ready(&model, parse_version(&version)?)))
+}
+
+async fn model_config(State(core): State<Arc<Core>>, Path(model): Path<String>) -> HttpResult<axum::Json<Value>> {
+    Ok(axum::Json(core.model_config(&model, None)?.config_json.clone()))
+}
+
+async fn model_config_version(
+    State(core): State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<axum::Json<Value>> {
+    Ok(axum::Json(core.model_config(&model, parse_version(&version)?)?.config_json.clone()))
+}
+
+async fn repository_index(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+    let ready_only = if body.is_empty() {
+        false
+    } else {
+        let request: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("repository index request is not valid JSON: {e}")))?;
+        request.get("ready").and_then(Value::as_bool).unwrap_or(false)
+    };
+    let rows: Vec<Value> = core
+        .repository_index(ready_only)
+        .into_iter()
+        .map(|row| {
+            let mut entry = json!({ "name": row.name, "state": row.state.as_str() });
+            if let Some(v) = row.version {
+                entry["version"] = json!(v.to_string());
+            }
+            if !row.reason.is_empty() {
+                entry["reason"] = json!(row.reason);
+            }
+            entry
+        })
+        .collect();
+    Ok(axum::Json(Value::Array(rows)))
+}
+
+async fn infer(
+    state: State<Arc<Core>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Response> {
+    run_infer(state, model, None, headers, body).await
+}
+
+async fn infer_version(
+    state: State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Response> {
+    let version = parse_version(&version)?;
+    run_infer(state, model, version, headers, body).await
+}
+
+/// How the client wants each output encoded.
+struct OutputPlan {
+    /// (output name, send as binary) for outputs named in the request.
+    named: Vec<(String, bool)>,
+    /// Binary choice for outputs not named (the `binary_data_output` request parameter).
+    default_binary: bool,
+}
+
+impl OutputPlan {
+    fn binary(&self, name: &str) -> bool {
+        self.named.iter().find(|(n, _)| n == name).map_or(self.default_binary, |(_, b)| *b)
+    }
+}
+
+async fn run_infer(
+    State(core): State<Arc<Core>>,
+    model: String,
+    version: Option<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Response> {
+    let (request, plan) = decode_request(model, version, &headers, body)?;
+    let response = core.infer(request).await?;
+    Ok(encode_response(response, &plan)?)
+}
+
+/// Splits the body, parses the JSON header and builds the core request.
+fn decode_request(
+    model: String,
+    version: Option<i64>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(InferRequest, OutputPlan), Error> {
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "Inference-Header-Content-Length {v:?} is not a length within the {}-byte body",
+                    body.len()
+                ))
+            })?,
+    };
+    let json_part = body.slice(..header_len);
+    let mut binary = body.slice(header_len..);
+    let root: Value = serde_json::from_slice(&json_part)
+        .map_err(|e| Error::invalid(format!("failed to parse the request JSON: {e}")))?;
+    let root = root.as_object().ok_or_else(|| Error::invalid("the request JSON must be an object"))?;
+
+    let mut parameters = parse_parameters(root.get("parameters"), "request")?;
+    let default_binary = take_bool(&mut parameters, "binary_data_output");
+    let inputs_json = root
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::invalid("the request has no 'inputs' array"))?;
+    let mut inputs = Vec::with_capacity(inputs_json.len());
+    for input in inputs_json {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("an input has no 'name'"))?
+            .to_string();
+        let datatype_name = input
+            .get("datatype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'datatype'")))?;
+        let datatype = DataType::from_name(datatype_name).ok_or_else(|| {
+            Error::invalid(format!("input '{name}' has unknown datatype '{datatype_name}'"))
+        })?;
+        let shape = input
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'shape' array")))?
+            .iter()
+            .map(|d| d.as_i64())
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| Error::invalid(format!("input '{name}' has a shape that is not a list of integers")))?;
+        let input_params = parse_parameters(input.get("parameters"), &format!("input '{name}'"))?;
+        let binary_size = input_params.iter().find(|p| p.key.as_str() == "binary_data_size");
+        let data = match (binary_size, input.get("data")) {
+            (Some(p), None) => {
+                let size = match &p.value {
+                    ParamValue::Int(n) => usize::try_from(*n).ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| Error::invalid(format!("input '{name}' has an invalid binary_data_size")))?;
+                if size > binary.len() {
+                    return Err(Error::invalid(format!(
+                        "input '{name}' binary_data_size {size} runs past the end of the body ({} bytes left)",
+                        binary.len()
+                    )));
+                }
+                binary.split_to(size)
+            }
+            (None, Some(data)) => Bytes::from(tensor_json::decode(&name, datatype, data)?),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(format!("input '{name}' has both 'data' and binary_data_size")));
+            }
+            (None, None) => return Err(Error::invalid(format!("input '{name}' has no 'data'"))),
+        };
+        inputs.push(InputTensor { name, datatype, shape, data });
+    }
+    if !binary.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} bytes of binary data follow the request JSON but no input claims them",
+            binary.len()
+        )));
+    }
+    let mut named = Vec::new();
+    if let Some(outputs) = root.get("outputs") {
+        let outputs = outputs.as_array().ok_or_else(|| Error::invalid("'outputs' must be an array"))?;
+        for output in outputs {
+            let name = output
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::invalid("a requested output has no 'name'"))?
+                .to_string();
+            let mut params = parse_parameters(output.get("parameters"), &format!("output '{name}'"))?;
+            let binary = params
+                .iter()
+                .any(|p| p.key.as_str() == "binary_data")
+                .then(|| take_bool(&mut params, "binary_data"))
+                .unwrap_or(default_binary);
+            named.push((name, binary));
+        }
+    }
+    let id = root.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let request = InferRequest {
+        model_name: model,
+        model_version: version,
+        id,
+        parameters,
+        inputs,
+        outputs: named.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    Ok((request, OutputPlan { named, default_binary }))
+}
+
+/// Removes a parameter and returns it as a bool (false when absent or not a bool).
+fn take_bool(parameters: &mut Vec<Parameter>, key: &str) -> bool {
+    let mut value = false;
+    parameters.retain(|p| {
+        if p.key.as_str() == key {
+            value = matches!(p.value, ParamValue::Bool(true));
+            false
+        } else {
+            true
+        }
+    });
+    value
+}
+
+fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>, Error> {
+    let Some(value) = value else { return Ok(Vec::new()) };
+    let map = value
+        .as_object()
+        .ok_or_else(|| Error::invalid(format!("{owner} 'parameters' must be an object")))?;
+    map.iter()
+        .map(|(key, v)| {
+            let value = match v {
+                Value::Bool(b) => ParamValue::Bool(*b),
+                Value::String(s) => ParamValue::Str(s.as_str().into()),
+                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                    (Some(i), _, _) => ParamValue::Int(i),
+                    (None, Some(u), _) => ParamValue::Int(u as i64),
+                    (_, _, Some(f)) => ParamValue::Double(f),
+                    _ => return Err(Error::invalid(format!("{owner} parameter '{key}' is not a number"))),
+                },
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{owner} parameter '{key}' must be a bool, number or string"
+                    )));
+                }
+            };
+            Ok(Parameter { key: key.as_str().into(), value })
+        })
+        .collect()
+}
+
+fn parameters_json(parameters: &[Parameter]) -> Map<String, Value> {
+    parameters
+        .iter()
+        .map(|p| {
+            let v = match &p.value {
+                ParamValue::Bool(b) => json!(b),
+                ParamValue::Int(i) => json!(i),
+                ParamValue::Double(d) => json!(d),
+                ParamValue::Str(s) => json!(s.as_str()),
+            };
+            (p.key.to_string(), v)
+        })
+        .collect()
+}
+
+/// Encodes a response as JSON, or JSON followed by binary output data.
+fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Response, Error> {
+    let mut binary_parts = Vec::new();
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        let mut entry = json!({
+            "name": output.name,
+            "datatype": output.datatype.to_string(),
+            "shape": output.shape,
+        });
+        if plan.binary(&output.name) {
+            entry["parameters"] = json!({ "binary_data_size": output.data.len() });
+            binary_parts.push(output.data);
+        } else {
+            entry["data"] = tensor_json::encode(output.datatype, &output.data)?;
+        }
+        outputs.push(entry);
+    }
+    let mut root = json!({
+        "model_name": response.model_name,
+        "model_version": response.model_version.to_string(),
+        "outputs": outputs,
+    });
+    if !response.id.is_empty() {
+        root["id"] = json!(response.id);
+    }
+    if !response.parameters.is_empty() {
+        root["parameters"] = Value::Object(parameters_json(&response.parameters));
+    }
+    let json_bytes = serde_json::to_vec(&root).map_err(|e| Error::internal(e.to_string()))?;
+    if binary_parts.is_empty() {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], json_bytes).into_response());
+    }
+    let json_len = json_bytes.len();
+    let total = json_len + binary_parts.iter().map(Bytes::len).sum::<usize>();
+    let mut body = Vec::with_capacity(total);
+    body.extend_from_slice(&json_bytes);
+    for part in &binary_parts {
+        body.extend_from_slice(part);
+    }
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    Ok(response)
+}

@@ -1,0 +1,6 @@
+//! The wire protocols: each frontend translates its wire format to the core's requests and
+//! back, and holds no rules of its own.
+
+pub mod grpc;
+pub mod http;
+mod tensor_json;

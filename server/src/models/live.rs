@@ -1,0 +1,249 @@
+//! One loaded model version: its config, its backend model, its instances and their queue,
+//! and the checks every request must pass before it reaches the backend.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::std_types::{ROption, RStr};
+use ferrum_backend_api::{DataType, InstanceArgs, InstanceKind, ModelArgs, ModelBox};
+
+use crate::config::{self, ModelConfig};
+use crate::core::InferRequest;
+use crate::error::{Error, Result};
+use crate::plugins::LoadedBackend;
+use crate::proto::inference::model_instance_group::Kind;
+use crate::scheduler::Scheduler;
+
+/// A tensor as the model config declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Dims without the batch dimension; -1 is any size.
+    pub dims: Vec<i64>,
+    /// Whether a request may leave the input out.
+    pub optional: bool,
+}
+
+/// A loaded, serving model version. Fields drop in order: the instances stop before the
+/// backend's model is released, and that before the backend.
+pub struct LiveModel {
+    /// The queue and instance threads.
+    pub scheduler: Scheduler,
+    /// The backend's model object.
+    _model: ModelBox,
+    /// The backend library, kept alive while its code may run.
+    _backend: Arc<LoadedBackend>,
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: i64,
+    /// The completed config.
+    pub config: ModelConfig,
+    /// The config as Triton's JSON.
+    pub config_json: serde_json::Value,
+    /// Declared inputs.
+    pub inputs: Vec<TensorSpec>,
+    /// Declared outputs.
+    pub outputs: Vec<TensorSpec>,
+}
+
+fn specs(list: impl Iterator<Item = (String, i32, Vec<i64>, bool)>) -> Result<Vec<TensorSpec>> {
+    list.map(|(name, data_type, dims, optional)| {
+        let datatype = config::datatype_of(data_type)
+            .ok_or_else(|| Error::invalid(format!("tensor '{name}' has no valid data_type")))?;
+        Ok(TensorSpec { name, datatype, dims, optional })
+    })
+    .collect()
+}
+
+fn model_args<'a>(
+    name: &'a str,
+    version: i64,
+    config_json: &'a str,
+    model_path: &'a str,
+    version_path: &'a str,
+) -> ModelArgs<'a> {
+    ModelArgs {
+        name: RStr::from_str(name),
+        version,
+        config_json: RStr::from_str(config_json),
+        model_path: RStr::from_str(model_path),
+        version_path: RStr::from_str(version_path),
+    }
+}
+
+/// Asks the backend to complete a config from the model file of the highest version.
+pub fn auto_complete(
+    backend: &LoadedBackend,
+    config: ModelConfig,
+    name: &str,
+    model_path: &Path,
+    folders: &BTreeMap<i64, PathBuf>,
+) -> Result<ModelConfig> {
+    let Some((&version, version_path)) = folders.iter().next_back() else {
+        return Ok(config);
+    };
+    let json = config::to_json(&config)?.to_string();
+    let (model_path, version_path) = (model_path.to_string_lossy(), version_path.to_string_lossy());
+    let args = model_args(name, version, &json, &model_path, &version_path);
+    match backend.backend.auto_complete_config(args).into_result() {
+        Ok(ROption::RSome(completed)) => config::parse_json(completed.as_str()).map_err(|e| {
+            Error::invalid(format!("backend '{}' completed the config wrongly: {}", backend.name, e.message))
+        }),
+        Ok(ROption::RNone) => Ok(config),
+        Err(e) => Err(Error::invalid(format!(
+            "backend '{}' could not complete the config: {}",
+            backend.name, e.message
+        ))),
+    }
+}
+
+impl LiveModel {
+    /// Loads a version through its backend and starts its instances.
+    pub fn load(
+        config: &ModelConfig,
+        backend: Arc<LoadedBackend>,
+        model_path: &Path,
+        version: i64,
+        version_path: &Path,
+    ) -> Result<LiveModel> {
+        let config_json = config::to_json(config)?;
+        let json_text = config_json.to_string();
+        let (model_path, version_path) = (model_path.to_string_lossy(), version_path.to_string_lossy());
+        let args = model_args(&config.name, version, &json_text, &model_path, &version_path);
+        let model = backend.backend.load_model(args).into_result()?;
+        let mut instances = Vec::new();
+        let mut index = 0u32;
+        for group in &config.instance_group {
+            let kind = match Kind::try_from(group.kind) {
+                Ok(Kind::Gpu) => InstanceKind::GPU,
+                Ok(Kind::Model) => InstanceKind::MODEL,
+                _ => InstanceKind::CPU,
+            };
+            for i in 0..group.count {
+                let name = format!("{}_{i}", group.name);
+                let args = InstanceArgs { name: RStr::from_str(&name), index, kind, device_id: 0 };
+                let instance = model.create_instance(args).into_result().map_err(|e| {
+                    Error::internal(format!("creating instance '{name}' failed: {}", e.message))
+                })?;
+                instances.push((name, instance));
+                index += 1;
+            }
+        }
+        let scheduler = Scheduler::start(&config.name, instances)?;
+        let inputs = specs(config.input.iter().map(|t| (t.name.clone(), t.data_type, t.dims.clone(), t.optional)))?;
+        let outputs = specs(config.output.iter().map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false)))?;
+        Ok(LiveModel {
+            scheduler,
+            _model: model,
+            _backend: backend,
+            name: config.name.clone(),
+            version,
+            config: config.clone(),
+            config_json,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Whether the model takes a batch dimension.
+    pub fn batches(&self) -> bool {
+        self.config.max_batch_size > 0
+    }
+
+    /// The full shape a client sees for a declared tensor (batch dimension first, as -1).
+    pub fn client_shape(&self, spec: &TensorSpec) -> Vec<i64> {
+        if self.batches() {
+            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+        } else {
+            spec.dims.clone()
+        }
+    }
+
+    /// The platform name reported in metadata: the config's platform, else its backend.
+    pub fn platform(&self) -> &str {
+        if self.config.platform.is_empty() { &self.config.backend } else { &self.config.platform }
+    }
+
+    /// Checks a request against the config: known inputs, types, shapes, byte sizes, batch
+    /// size, required inputs and requested outputs.
+    pub fn validate(&self, request: &InferRequest) -> Result<()> {
+        let model = &self.name;
+        let mut batch: Option<i64> = None;
+        let mut seen = std::collections::HashSet::new();
+        for input in &request.inputs {
+            let spec = self.inputs.iter().find(|s| s.name == input.name).ok_or_else(|| {
+                Error::invalid(format!("unexpected inference input '{}' for model '{model}'", input.name))
+            })?;
+            if !seen.insert(input.name.as_str()) {
+                return Err(Error::invalid(format!("input '{}' appears more than once", input.name)));
+            }
+            if input.datatype != spec.datatype {
+                return Err(Error::invalid(format!(
+                    "inference input '{}' data-type is '{}', but model '{model}' expects '{}'",
+                    input.name, input.datatype, spec.datatype
+                )));
+            }
+            let dims = if self.batches() {
+                let (&first, rest) = input.shape.split_first().ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{}' has an empty shape; model '{model}' expects a batch dimension first",
+                        input.name
+                    ))
+                })?;
+                if first < 1 || first > i64::from(self.config.max_batch_size) {
+                    return Err(Error::invalid(format!(
+                        "input '{}' batch size {first} is outside 1..={} for model '{model}'",
+                        input.name, self.config.max_batch_size
+                    )));
+                }
+                if let Some(b) = batch.filter(|&b| b != first) {
+                    return Err(Error::invalid(format!(
+                        "input '{}' has batch size {first} but another input has {b}",
+                        input.name
+                    )));
+                }
+                batch = Some(first);
+                rest
+            } else {
+                input.shape.as_slice()
+            };
+            let shape_ok = dims.len() == spec.dims.len()
+                && dims.iter().zip(&spec.dims).all(|(&d, &s)| d >= 0 && (s == -1 || d == s));
+            if !shape_ok {
+                return Err(Error::invalid(format!(
+                    "unexpected shape for input '{}' for model '{model}'. Expected {:?}, got {:?}",
+                    input.name,
+                    self.client_shape(spec),
+                    input.shape
+                )));
+            }
+            input.check_byte_size()?;
+        }
+        let missing: Vec<&str> = self
+            .inputs
+            .iter()
+            .filter(|s| !s.optional && !seen.contains(s.name.as_str()))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "expected {} inputs but got {} inputs for model '{model}'; missing required input(s) {missing:?}",
+                self.inputs.iter().filter(|s| !s.optional).count(),
+                request.inputs.len()
+            )));
+        }
+        for name in &request.outputs {
+            if !self.outputs.iter().any(|s| &s.name == name) {
+                return Err(Error::invalid(format!(
+                    "unexpected inference output '{name}' for model '{model}'"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

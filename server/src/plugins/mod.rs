@@ -1,0 +1,117 @@
+//! Backend libraries: found in the backend directory by name, loaded and checked through
+//! abi_stable, created once, and kept loaded for the life of the process.
+
+mod host;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::std_types::RStr;
+use ferrum_backend_api::{ABI_VERSION, BackendBox, BackendLibRef};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+pub use host::ServerHost;
+
+/// A backend library, loaded and its backend object created.
+pub struct LoadedBackend {
+    /// The backend's name (its folder in the backend directory).
+    pub name: String,
+    /// The library file it came from.
+    pub path: PathBuf,
+    /// The backend object.
+    pub backend: BackendBox,
+}
+
+/// The backend directory and the backends loaded from it so far.
+pub struct Plugins {
+    /// Where backend libraries live: `<dir>/<name>/libferrum_<name>.so`.
+    dir: PathBuf,
+    /// Settings from `--backend-config`, per backend name, as a JSON object.
+    configs: HashMap<String, serde_json::Value>,
+    /// Services offered to every backend.
+    host: ServerHost,
+    /// Backends loaded so far, by name. Failures are not cached, so a library dropped in
+    /// later is found on the next load.
+    loaded: Mutex<HashMap<String, Arc<LoadedBackend>>>,
+}
+
+impl Plugins {
+    /// A plugin set over this backend directory.
+    pub fn new(dir: PathBuf, configs: HashMap<String, serde_json::Value>, host: ServerHost) -> Self {
+        Plugins { dir, configs, host, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// The backend directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The library path a backend name maps to.
+    pub fn library_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join(format!("libferrum_{name}.so"))
+    }
+
+    /// The backend with this name, loading its library the first time it is asked for.
+    pub fn get(&self, name: &str) -> Result<Arc<LoadedBackend>> {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(Error::invalid(format!("'{name}' is not a valid backend name")));
+        }
+        let mut loaded = self.loaded.lock();
+        if let Some(backend) = loaded.get(name) {
+            return Ok(Arc::clone(backend));
+        }
+        let path = self.library_path(name);
+        let backend = Arc::new(self.load(name, &path)?);
+        tracing::info!(backend = name, path = %path.display(), "loaded backend library");
+        loaded.insert(name.to_string(), Arc::clone(&backend));
+        Ok(backend)
+    }
+
+    fn load(&self, name: &str, path: &Path) -> Result<LoadedBackend> {
+        if !path.is_file() {
+            return Err(Error::unavailable(format!(
+                "backend '{name}' not found: no library at '{}' (backend directory '{}')",
+                path.display(),
+                self.dir.display()
+            )));
+        }
+        let header = lib_header_from_path(path).map_err(|e| library_error(name, path, e))?;
+        let root = header.init_root_module::<BackendLibRef>().map_err(|e| library_error(name, path, e))?;
+        let abi = root.abi_version();
+        if abi != ABI_VERSION {
+            return Err(Error::unavailable(format!(
+                "backend '{name}' ({}) was built for backend ABI {abi}; this server speaks ABI {ABI_VERSION}",
+                path.display()
+            )));
+        }
+        let config = self
+            .configs
+            .get(name)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let create = root.create_backend();
+        let backend = create(self.host.to_ffi(), RStr::from_str(&config))
+            .into_result()
+            .map_err(|e| {
+                Error::unavailable(format!("backend '{name}' failed to initialize: {}", e.message))
+            })?;
+        Ok(LoadedBackend { name: name.to_string(), path: path.to_path_buf(), backend })
+    }
+}
+
+fn library_error(name: &str, path: &Path, error: LibraryError) -> Error {
+    let what = match &error {
+        LibraryError::OpenError { .. } => "cannot be opened as a shared library",
+        LibraryError::GetSymbolError { .. } => "is not a Ferrum backend (it exports no backend root module)",
+        LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(..) => {
+            "was built against an incompatible backend-api"
+        }
+        _ => "could not be loaded",
+    };
+    // abi_stable's layout reports are long; the first lines carry the reason.
+    let detail: String = error.to_string().lines().take(12).collect::<Vec<_>>().join(" ");
+    Error::unavailable(format!("backend '{name}' library '{}' {what}: {detail}", path.display()))
+}

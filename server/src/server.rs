@@ -1,0 +1,130 @@
+//! Assembles the server from its parts, serves the three ports, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::Args;
+use crate::core::Core;
+use crate::models::ModelManager;
+use crate::plugins::{Plugins, ServerHost};
+
+async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = format!("{address}:{port}")
+        .parse()
+        .or_else(|_| format!("[{address}]:{port}").parse())
+        .with_context(|| format!("--{what}-address '{address}' is not an IP address"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the server until SIGINT/SIGTERM, then lets in-flight requests finish and returns.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let backend_configs = args.backend_configs().map_err(anyhow::Error::msg)?;
+    let backend_dir = args.backend_directory();
+    tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", crate::core::SERVER_VERSION);
+    let host = ServerHost::default();
+    let plugins = Arc::new(Plugins::new(backend_dir, backend_configs, host.clone()));
+    let models = Arc::new(ModelManager::new(plugins, args.model_repository.clone(), args.auto_complete()));
+    let core = Arc::new(Core::new(Arc::clone(&models)));
+    host.attach(&core, tokio::runtime::Handle::current());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    if args.allow_http {
+        let listener = bind(&args.http_address, args.http_port, "http").await?;
+        tracing::info!("HTTP service listening on {}", listener.local_addr()?);
+        let app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
+        let signal = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(signal).await.context("HTTP server failed")
+        }));
+    }
+    if args.allow_grpc {
+        let listener = bind(&args.grpc_address, args.grpc_port, "grpc").await?;
+        tracing::info!("gRPC service listening on {}", listener.local_addr()?);
+        let service = crate::frontend::grpc::service(Arc::clone(&core), args.max_request_size);
+        let signal = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal)
+                .await
+                .context("gRPC server failed")
+        }));
+    }
+    if args.allow_metrics {
+        let listener = bind(&args.metrics_address, args.metrics_port, "metrics").await?;
+        tracing::info!("metrics service listening on {}", listener.local_addr()?);
+        let app = metrics_router(Arc::clone(&core));
+        let signal = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(signal).await.context("metrics server failed")
+        }));
+    }
+
+    let loader = Arc::clone(&models);
+    tokio::select! {
+        loaded = tokio::task::spawn_blocking(move || loader.load_all()) => {
+            loaded.context("model loading panicked")??;
+            core.set_ready();
+            tracing::info!("ready: {} model version(s) serving", core.repository_index(true).len());
+            shutdown_signal().await;
+        }
+        _ = shutdown_signal() => {}
+    }
+
+    tracing::info!("shutting down: finishing in-flight requests");
+    core.begin_shutdown();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        task.await.context("server task panicked")??;
+    }
+    tokio::task::spawn_blocking(move || models.unload_all()).await.context("unloading panicked")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn metrics_router(core: Arc<Core>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let core = Arc::clone(&core);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    core.metrics.render(),
+                )
+            }
+        }),
+    )
+}
