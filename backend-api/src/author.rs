@@ -53,7 +53,9 @@ pub trait Model: Send + Sync + 'static {
 pub trait Instance: Send + 'static {
     /// Runs one request and returns its outputs (the common case).
     fn infer(&mut self, _request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {
-        Err(BackendError::unsupported("this backend implements execute, not infer"))
+        Err(BackendError::unsupported(
+            "this backend implements execute, not infer",
+        ))
     }
 
     /// Runs a batch of requests; by default calls [`Instance::infer`] on each and responds.
@@ -125,7 +127,9 @@ pub struct ModelContext {
 impl ModelContext {
     fn from_args(args: &ModelArgs<'_>) -> Result<Self, BackendError> {
         let config = serde_json::from_str(args.config_json.as_str()).map_err(|e| {
-            BackendError::internal(format!("model config handed to the backend is not JSON: {e}"))
+            BackendError::internal(format!(
+                "model config handed to the backend is not JSON: {e}"
+            ))
         })?;
         Ok(ModelContext {
             name: args.name.to_string(),
@@ -151,7 +155,11 @@ impl ModelContext {
 
     /// The config's `parameters { key: ... value: { string_value: ... } }` entry for a key.
     pub fn parameter(&self, key: &str) -> Option<&str> {
-        self.config.get("parameters")?.get(key)?.get("string_value")?.as_str()
+        self.config
+            .get("parameters")?
+            .get(key)?
+            .get("string_value")?
+            .as_str()
     }
 }
 
@@ -223,7 +231,11 @@ static HOST: OnceLock<Host> = OnceLock::new();
 /// Writes a message to the server's log (no-op before the backend is created).
 pub fn log(level: LogLevel, message: &str) {
     if let Some(host) = HOST.get() {
-        host.log(level, RStr::from_str(module_path!()), RStr::from_str(message));
+        host.log(
+            level,
+            RStr::from_str(module_path!()),
+            RStr::from_str(message),
+        );
     }
 }
 
@@ -238,7 +250,10 @@ pub fn host_infer(
     let host = HOST
         .get()
         .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
-    let outputs: Vec<RStr<'_>> = requested_outputs.iter().map(|s| RStr::from_str(s)).collect();
+    let outputs: Vec<RStr<'_>> = requested_outputs
+        .iter()
+        .map(|s| RStr::from_str(s))
+        .collect();
     let request = HostInferRequest {
         model_name: RStr::from_str(model_name),
         model_version,
@@ -259,7 +274,10 @@ impl<B: Backend> BackendObj for BackendAdapter<B> {
         guard(|| {
             let ctx = ModelContext::from_args(&args)?;
             let model = self.0.load_model(&ctx)?;
-            Ok(ModelObj_TO::from_value(ModelAdapter(Guarded::new(model)), TD_Opaque))
+            Ok(ModelObj_TO::from_value(
+                ModelAdapter(Guarded::new(model)),
+                TD_Opaque,
+            ))
         })
         .into()
     }
@@ -286,7 +304,10 @@ impl<M: Model> ModelObj for ModelAdapter<M> {
                 device_id: args.device_id,
             };
             let instance = self.0.create_instance(&ctx)?;
-            Ok(InstanceObj_TO::from_value(InstanceAdapter(Guarded::new(instance)), TD_Opaque))
+            Ok(InstanceObj_TO::from_value(
+                InstanceAdapter(Guarded::new(instance)),
+                TD_Opaque,
+            ))
         })
         .into()
     }
@@ -312,14 +333,21 @@ pub extern "C" fn create_backend<B: Backend>(
                 .map_err(|e| BackendError::internal(format!("backend config is not JSON: {e}")))?
         };
         let backend = B::new(&config)?;
-        Ok(BackendObj_TO::from_value(BackendAdapter(Guarded::new(backend)), TD_Opaque))
+        Ok(BackendObj_TO::from_value(
+            BackendAdapter(Guarded::new(backend)),
+            TD_Opaque,
+        ))
     })
     .into()
 }
 
 /// Builds the root module of a library whose backend is `B`; used by [`export_backend!`](crate::export_backend).
 pub fn root_module<B: Backend>() -> BackendLibRef {
-    BackendLib { abi_version: ABI_VERSION, create_backend: create_backend::<B> }.leak_into_prefix()
+    BackendLib {
+        abi_version: ABI_VERSION,
+        create_backend: create_backend::<B>,
+    }
+    .leak_into_prefix()
 }
 
 /// Exports a type implementing [`Backend`] as this library's backend.

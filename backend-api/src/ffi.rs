@@ -1,7 +1,6 @@
 //! The boundary itself: the root module every backend library exports, and the trait objects
 //! (backend, model, instance, responder, host) that cross it.
 
-
 // abi_stable's `sabi_trait` expands to impls inside a const block; the lint flags that pattern.
 #![allow(non_local_definitions)]
 use abi_stable::StableAbi;
@@ -81,12 +80,16 @@ impl<'a> Request<'a> {
 
     /// The request parameter with this key.
     pub fn parameter(&self, key: &str) -> Option<&crate::ParamValue> {
-        self.parameters.iter().find(|p| p.key.as_str() == key).map(|p| &p.value)
+        self.parameters
+            .iter()
+            .find(|p| p.key.as_str() == key)
+            .map(|p| &p.value)
     }
 
     /// Whether the client asked for this output (true when it asked for none in particular).
     pub fn wants_output(&self, name: &str) -> bool {
-        self.requested_outputs.is_empty() || self.requested_outputs.iter().any(|o| o.as_str() == name)
+        self.requested_outputs.is_empty()
+            || self.requested_outputs.iter().any(|o| o.as_str() == name)
     }
 
     /// Sends the request's one and only response.
@@ -183,6 +186,9 @@ pub type InstanceBox = InstanceObj_TO<'static, RBox<()>>;
 mod tests {
     #[test]
     fn root_module_symbol_matches_abi_stable() {
-        assert_eq!(super::ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+        assert_eq!(
+            super::ROOT_MODULE_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
     }
 }

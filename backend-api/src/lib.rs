@@ -24,7 +24,10 @@ pub use types::*;
 
 /// Number of elements a shape describes (negative dims count as zero).
 pub fn element_count(shape: &[i64]) -> usize {
-    shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product()
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .product()
 }
 
 /// Everything a backend author usually needs.
@@ -35,3 +38,6 @@ pub mod prelude {
         export_model,
     };
 }
+
+/// The version of this crate; a library built against another minor version is refused.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

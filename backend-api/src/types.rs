@@ -151,7 +151,10 @@ pub struct Memory {
 
 impl Memory {
     /// Ordinary host memory.
-    pub const CPU: Memory = Memory { kind: MemoryKind::CPU, device_id: 0 };
+    pub const CPU: Memory = Memory {
+        kind: MemoryKind::CPU,
+        device_id: 0,
+    };
 }
 
 /// An input tensor lent to the backend for the duration of a call.
@@ -295,7 +298,10 @@ pub struct Response {
 impl Response {
     /// A response holding these outputs and no parameters.
     pub fn from_outputs(outputs: Vec<OutputTensor>) -> Self {
-        Response { outputs: outputs.into(), parameters: RVec::new() }
+        Response {
+            outputs: outputs.into(),
+            parameters: RVec::new(),
+        }
     }
 }
 
@@ -341,7 +347,10 @@ pub struct BackendError {
 impl BackendError {
     /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        BackendError { code, message: RString::from(message.into()) }
+        BackendError {
+            code,
+            message: RString::from(message.into()),
+        }
     }
 
     /// A malformed-request error.

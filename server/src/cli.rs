@@ -9,7 +9,12 @@ use clap::{ArgAction, Parser};
 #[command(name = "ferrum", version, about)]
 pub struct Args {
     /// Model repository folder; repeat for several repositories.
-    #[arg(long = "model-repository", alias = "model-store", required = true, value_name = "DIR")]
+    #[arg(
+        long = "model-repository",
+        alias = "model-store",
+        required = true,
+        value_name = "DIR"
+    )]
     pub model_repository: Vec<PathBuf>,
 
     /// Folder holding backend libraries as <DIR>/<name>/libferrum_<name>.so.
@@ -87,7 +92,11 @@ impl Args {
         }
         std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().and_then(|bin| bin.parent()).map(|p| p.join("backends")))
+            .and_then(|exe| {
+                exe.parent()
+                    .and_then(|bin| bin.parent())
+                    .map(|p| p.join("backends"))
+            })
             .unwrap_or_else(|| PathBuf::from("backends"))
     }
 
@@ -97,17 +106,20 @@ impl Args {
     ) -> Result<std::collections::HashMap<String, serde_json::Value>, String> {
         let mut configs: std::collections::HashMap<String, serde_json::Value> = Default::default();
         for setting in &self.backend_config {
-            let (backend, kv) = setting
-                .split_once(',')
-                .ok_or_else(|| format!("--backend-config '{setting}' is not <backend>,<key>=<value>"))?;
-            let (key, value) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("--backend-config '{setting}' is not <backend>,<key>=<value>"))?;
+            let (backend, kv) = setting.split_once(',').ok_or_else(|| {
+                format!("--backend-config '{setting}' is not <backend>,<key>=<value>")
+            })?;
+            let (key, value) = kv.split_once('=').ok_or_else(|| {
+                format!("--backend-config '{setting}' is not <backend>,<key>=<value>")
+            })?;
             let entry = configs
                 .entry(backend.to_string())
                 .or_insert_with(|| serde_json::Value::Object(Default::default()));
             if let serde_json::Value::Object(map) = entry {
-                map.insert(key.to_string(), serde_json::Value::String(value.to_string()));
+                map.insert(
+                    key.to_string(),
+                    serde_json::Value::String(value.to_string()),
+                );
             }
         }
         Ok(configs)

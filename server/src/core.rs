@@ -15,7 +15,11 @@ pub const SERVER_NAME: &str = "ferrum";
 /// The server's version in its metadata.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Protocol extensions the server supports.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "model_repository"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+];
 
 /// An input tensor of a request; its bytes are shared with the wire buffer where possible.
 #[derive(Clone, Debug)]
@@ -47,7 +51,10 @@ impl InputTensor {
         match self.datatype.element_size() {
             Some(size) => {
                 let expected = count.checked_mul(size).ok_or_else(|| {
-                    Error::invalid(format!("input '{}' shape {:?} is too large", self.name, self.shape))
+                    Error::invalid(format!(
+                        "input '{}' shape {:?} is too large",
+                        self.name, self.shape
+                    ))
                 })?;
                 if self.data.len() != expected {
                     return Err(Error::invalid(format!(
@@ -59,9 +66,8 @@ impl InputTensor {
                 }
             }
             None => {
-                let items = ferrum_backend_api::bytes::decode(&self.data).map_err(|e| {
-                    Error::invalid(format!("input '{}': {}", self.name, e.message))
-                })?;
+                let items = ferrum_backend_api::bytes::decode(&self.data)
+                    .map_err(|e| Error::invalid(format!("input '{}': {}", self.name, e.message)))?;
                 if items.len() != count {
                     return Err(Error::invalid(format!(
                         "input '{}' holds {} BYTES elements but its shape {:?} needs {count}",
@@ -111,7 +117,11 @@ impl InferRequest {
                     data: Bytes::copy_from_slice(t.data.as_slice()),
                 })
                 .collect(),
-            outputs: request.requested_outputs.iter().map(|s| s.to_string()).collect(),
+            outputs: request
+                .requested_outputs
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -152,7 +162,10 @@ impl InferResponse {
             .into_iter()
             .map(|o| OutputTensor::new(&o.name, o.datatype, o.shape, o.data.to_vec()))
             .collect();
-        Response { outputs, parameters: self.parameters.into() }
+        Response {
+            outputs,
+            parameters: self.parameters.into(),
+        }
     }
 }
 
@@ -230,7 +243,12 @@ impl Core {
         };
         Ok(ModelMetadata {
             name: live.name.clone(),
-            versions: self.models.ready_versions(name).iter().map(i64::to_string).collect(),
+            versions: self
+                .models
+                .ready_versions(name)
+                .iter()
+                .map(i64::to_string)
+                .collect(),
             platform: live.platform().to_string(),
             inputs: describe(&live.inputs),
             outputs: describe(&live.outputs),
@@ -253,13 +271,20 @@ impl Core {
 
     /// Runs one inference and returns its response.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
-        let model = self.models.get(&request.model_name, request.model_version)?;
+        let model = self
+            .models
+            .get(&request.model_name, request.model_version)?;
         let result = self.infer_on(&model, request).await;
-        self.metrics.record(&model.name, &model.version.to_string(), result.is_ok());
+        self.metrics
+            .record(&model.name, &model.version.to_string(), result.is_ok());
         result
     }
 
-    async fn infer_on(&self, model: &Arc<LiveModel>, request: InferRequest) -> Result<InferResponse> {
+    async fn infer_on(
+        &self,
+        model: &Arc<LiveModel>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
         model.validate(&request)?;
         let requested = request.outputs.clone();
         let id = request.id.clone();
@@ -301,11 +326,13 @@ fn collect_outputs(
         if !requested.is_empty() && !requested.iter().any(|r| r == name) {
             continue;
         }
-        let count = element_count(name, &output.shape)
-            .map_err(|e| Error::internal(format!("model '{}' output: {}", model.name, e.message)))?;
+        let count = element_count(name, &output.shape).map_err(|e| {
+            Error::internal(format!("model '{}' output: {}", model.name, e.message))
+        })?;
         let consistent = match output.datatype.element_size() {
             Some(size) => count.checked_mul(size) == Some(output.data.len()),
-            None => ferrum_backend_api::bytes::decode(&output.data).is_ok_and(|items| items.len() == count),
+            None => ferrum_backend_api::bytes::decode(&output.data)
+                .is_ok_and(|items| items.len() == count),
         };
         if !consistent {
             return Err(Error::internal(format!(
@@ -323,7 +350,10 @@ fn collect_outputs(
             data: Bytes::from_owner(output.data),
         });
     }
-    if let Some(missing) = requested.iter().find(|r| !kept.iter().any(|o| &o.name == *r)) {
+    if let Some(missing) = requested
+        .iter()
+        .find(|r| !kept.iter().any(|o| &o.name == *r))
+    {
         return Err(Error::internal(format!(
             "model '{}' did not produce the requested output '{missing}'",
             model.name

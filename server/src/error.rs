@@ -36,7 +36,10 @@ pub struct Error {
 impl Error {
     /// An error of this kind with this message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// A malformed-request error.
@@ -77,7 +80,10 @@ impl From<BackendError> for Error {
             ErrorCode::CANCELLED => ErrorKind::Cancelled,
             _ => ErrorKind::Internal,
         };
-        Error { kind, message: e.message.into_string() }
+        Error {
+            kind,
+            message: e.message.into_string(),
+        }
     }
 }
 

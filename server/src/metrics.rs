@@ -25,7 +25,9 @@ impl Metrics {
     /// Counts one request's outcome.
     pub fn record(&self, model: &str, version: &str, success: bool) {
         let mut models = self.models.lock();
-        let counters = models.entry((model.to_string(), version.to_string())).or_default();
+        let counters = models
+            .entry((model.to_string(), version.to_string()))
+            .or_default();
         if success {
             counters.success += 1;
         } else {
@@ -38,14 +40,25 @@ impl Metrics {
         let models = self.models.lock();
         let mut out = String::new();
         let families = [
-            ("nv_inference_request_success", "Number of successful inference requests", true),
-            ("nv_inference_request_failure", "Number of failed inference requests", false),
+            (
+                "nv_inference_request_success",
+                "Number of successful inference requests",
+                true,
+            ),
+            (
+                "nv_inference_request_failure",
+                "Number of failed inference requests",
+                false,
+            ),
         ];
         for (name, help, success) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((model, version), c) in models.iter() {
                 let value = if success { c.success } else { c.failure };
-                let _ = writeln!(out, "{name}{{model=\"{model}\",version=\"{version}\"}} {value}");
+                let _ = writeln!(
+                    out,
+                    "{name}{{model=\"{model}\",version=\"{version}\"}} {value}"
+                );
             }
         }
         out

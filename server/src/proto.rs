@@ -6,4 +6,5 @@ pub mod inference {
 }
 
 /// The compiled descriptors of grpc_service.proto and model_config.proto.
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
+pub const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));

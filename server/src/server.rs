@@ -27,14 +27,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -51,7 +52,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", crate::core::SERVER_VERSION);
     let host = ServerHost::default();
     let plugins = Arc::new(Plugins::new(backend_dir, backend_configs, host.clone()));
-    let models = Arc::new(ModelManager::new(plugins, args.model_repository.clone(), args.auto_complete()));
+    let models = Arc::new(ModelManager::new(
+        plugins,
+        args.model_repository.clone(),
+        args.auto_complete(),
+    ));
     let core = Arc::new(Core::new(Arc::clone(&models)));
     host.attach(&core, tokio::runtime::Handle::current());
 
@@ -66,7 +71,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(signal).await.context("HTTP server failed")
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .context("HTTP server failed")
         }));
     }
     if args.allow_grpc {
@@ -77,7 +85,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    signal,
+                )
                 .await
                 .context("gRPC server failed")
         }));
@@ -88,7 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let app = metrics_router(Arc::clone(&core));
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(signal).await.context("metrics server failed")
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .context("metrics server failed")
         }));
     }
 
@@ -109,7 +123,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for task in tasks {
         task.await.context("server task panicked")??;
     }
-    tokio::task::spawn_blocking(move || models.unload_all()).await.context("unloading panicked")?;
+    tokio::task::spawn_blocking(move || models.unload_all())
+        .await
+        .context("unloading panicked")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -121,7 +137,10 @@ fn metrics_router(core: Arc<Core>) -> axum::Router {
             let core = Arc::clone(&core);
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     core.metrics.render(),
                 )
             }

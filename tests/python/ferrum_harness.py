@@ -9,17 +9,18 @@ Locations come from the environment, with defaults relative to the repo:
 * ``FERRUM_BACKEND_DIR``       backend dir     (``<repo>/target/debug/backends``)
 * ``FERRUM_MODEL_REPOSITORY``  model repository (``<repo>/model_repository``)
 * ``FERRUM_READY_TIMEOUT``     seconds to wait for readiness (``60``)
+* ``FERRUM_NO_PDEATHSIG``      set to launch without ``setpriv --pdeathsig``
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -28,6 +29,14 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The tests only talk to loopback; keep any configured HTTP proxy out of it
+# (urllib, requests and gRPC all honour no_proxy).
+_LOOPBACK = "127.0.0.1,localhost,::1"
+for _var in ("no_proxy", "NO_PROXY"):
+    _current = os.environ.get(_var, "")
+    if _LOOPBACK not in _current:
+        os.environ[_var] = f"{_current},{_LOOPBACK}" if _current else _LOOPBACK
 
 # How long one readiness probe may take, and the pause between probes.
 _PROBE_TIMEOUT_S = 1.0
@@ -40,31 +49,24 @@ _PORT_RETRIES = 3
 _LOG_TAIL_LINES = 200
 
 
-def _load_prctl():
-    if not os.uname().sysname == "Linux":
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+def _launcher() -> list[str]:
+    """Command prefix that ties the server's life to ours, where available.
 
+    ``setpriv --pdeathsig TERM`` (util-linux) makes the kernel send SIGTERM to
+    the server when the thread that spawned it dies, so a pytest worker that
+    is killed outright (where neither fixture teardown nor atexit runs) does
+    not leave servers behind. setpriv execs the server, so the pid and signal
+    handling are the server's own. Linux ties this to the spawning *thread*:
+    start servers from the main thread (fixtures do).
 
-# Looked up once here, so the child only makes a plain C call between fork
-# and exec.
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM the server when the spawning thread goes away.
-
-    Keeps servers from outliving a pytest worker that is killed outright
-    (os._exit, SIGKILL), where neither fixture teardown nor atexit runs.
-    Linux ties this to the *thread* that forked, so start servers from the
-    main thread (fixtures do), not from short-lived helper threads.
+    (A preexec_fn calling prctl would do the same but forces a real fork of
+    a process that has gRPC threads, and gRPC's fork handlers then abort the
+    child.)
     """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.environ.get("FERRUM_NO_PDEATHSIG") or sys.platform != "linux":
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def ferrum_bin() -> Path:
@@ -334,6 +336,11 @@ def start_server(
         )
     repo = Path(model_repository) if model_repository is not None else default_model_repository()
     backends = Path(backend_directory) if backend_directory is not None else backend_dir()
+    if backend_directory is None and not backends.is_dir():
+        raise ServerError(
+            f"backend directory {backends} not found; build the backends into it "
+            "or point FERRUM_BACKEND_DIR at the folder holding <name>/libferrum_<name>.so"
+        )
     logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="ferrum-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -345,6 +352,7 @@ def start_server(
     for attempt in range(_PORT_RETRIES):
         http_port, grpc_port, metrics_port = distinct_free_ports(3)
         args = [
+            *_launcher(),
             str(binary),
             "--model-repository", str(repo),
             "--backend-directory", str(backends),
@@ -364,7 +372,6 @@ def start_server(
                 stderr=err,
                 env=proc_env,
                 cwd=str(REPO_ROOT),
-                preexec_fn=_die_with_parent,
             )
         server = FerrumServer(
             process, args, http_port, grpc_port, metrics_port,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 import grpc
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from ferrum_checks import (
     assert_simple_result,
     config_tensor,
     grpc_simple_infer,
+    grpc_simple_inputs,
     simple_data,
 )
 
@@ -298,3 +301,31 @@ def test_repository_index_matches_http(grpc_client, http_client):
     g_set = {(m["name"], m.get("version", ""), m.get("state", "")) for m in g.get("models", [])}
     h_set = {(m["name"], m.get("version", ""), m.get("state", "")) for m in h}
     assert g_set == h_set
+
+
+# ------------------------------------------------------------- concurrency
+
+
+def test_concurrent_async_infer(grpc_client):
+    """Many requests in flight at once on one channel; each answer must
+    belong to its own request (also exercises batching, if any)."""
+    done: "queue.Queue" = queue.Queue()
+    expected = {}
+    for i in range(48):
+        in0, in1 = simple_data(batch=1 + i % 3, seed=2000 + i)
+        rid = f"g{i}"
+        expected[rid] = (in0, in1)
+        grpc_client.async_infer(
+            "simple", grpc_simple_inputs(in0, in1),
+            callback=lambda result, error: done.put((result, error)),
+            outputs=[grpcclient.InferRequestedOutput(o) for o in ("OUTPUT0", "OUTPUT1")],
+            request_id=rid, client_timeout=TIMEOUT,
+        )
+    seen = set()
+    for _ in range(len(expected)):
+        result, error = done.get(timeout=TIMEOUT)
+        assert error is None, error
+        rid = result.get_response().id
+        assert rid in expected and rid not in seen
+        seen.add(rid)
+        assert_simple_result(result, *expected[rid])

@@ -19,6 +19,7 @@ from ferrum_checks import (
     assert_simple_result,
     config_tensor,
     http_simple_infer,
+    http_simple_inputs,
     simple_data,
 )
 
@@ -421,3 +422,29 @@ def test_repository_index_raw(server, body):
     resp = requests.post(f"{server.http_base}/v2/repository/index", timeout=RAW_TIMEOUT, **kwargs)
     assert resp.status_code == 200, resp.text[:500]
     _check_index(resp.json())
+
+
+# ------------------------------------------------------------- concurrency
+
+
+def test_concurrent_async_infer(server):
+    """Many requests in flight at once over several connections; each answer
+    must belong to its own request (also exercises batching, if any)."""
+    with httpclient.InferenceServerClient(
+        server.http_url, concurrency=6, network_timeout=RAW_TIMEOUT
+    ) as client:
+        pending = []
+        for i in range(48):
+            in0, in1 = simple_data(batch=1 + i % 3, seed=1000 + i)
+            binary = i % 2 == 0
+            outputs = [httpclient.InferRequestedOutput(o, binary_data=binary)
+                       for o in ("OUTPUT0", "OUTPUT1")]
+            req = client.async_infer(
+                "simple", http_simple_inputs(in0, in1, binary), outputs=outputs,
+                request_id=f"r{i}",
+            )
+            pending.append((req, in0, in1, f"r{i}"))
+        for req, in0, in1, rid in pending:
+            result = req.get_result(timeout=RAW_TIMEOUT)
+            assert result.get_response()["id"] == rid
+            assert_simple_result(result, in0, in1)

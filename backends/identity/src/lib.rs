@@ -21,7 +21,9 @@ impl SimpleModel for Identity {
                 inputs.len()
             )));
         }
-        Ok(Identity { pairs: inputs.into_iter().zip(outputs).collect() })
+        Ok(Identity {
+            pairs: inputs.into_iter().zip(outputs).collect(),
+        })
     }
 
     fn infer(&self, request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {

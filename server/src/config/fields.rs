@@ -91,6 +91,12 @@ dynamic_batching { }
         )
         .unwrap();
         let found = unimplemented_fields(&config);
-        assert_eq!(found, vec!["input[A].reshape".to_string(), "dynamic_batching".to_string()]);
+        assert_eq!(
+            found,
+            vec![
+                "input[A].reshape".to_string(),
+                "dynamic_batching".to_string()
+            ]
+        );
     }
 }

@@ -28,7 +28,8 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
         // The descriptor set is produced by our own build script from our own .proto files;
         // failing to decode it is a build defect, not an input error.
         #[allow(clippy::expect_used)]
-        DescriptorPool::decode(crate::proto::DESCRIPTOR_SET).expect("built-in descriptor set decodes")
+        DescriptorPool::decode(crate::proto::DESCRIPTOR_SET)
+            .expect("built-in descriptor set decodes")
     })
 }
 
@@ -49,8 +50,10 @@ pub fn parse_text(text: &str) -> Result<ModelConfig> {
 /// Parses a ModelConfig written as JSON (Triton's shape: snake_case or camelCase names).
 pub fn parse_json(json: &str) -> Result<ModelConfig> {
     let mut de = serde_json::Deserializer::from_str(json);
-    let dynamic = DynamicMessage::deserialize(model_config_descriptor()?, &mut de)
-        .map_err(|e| Error::invalid(format!("model config JSON is not a valid ModelConfig: {e}")))?;
+    let dynamic =
+        DynamicMessage::deserialize(model_config_descriptor()?, &mut de).map_err(|e| {
+            Error::invalid(format!("model config JSON is not a valid ModelConfig: {e}"))
+        })?;
     from_dynamic(&dynamic)
 }
 
@@ -62,8 +65,11 @@ fn from_dynamic(dynamic: &DynamicMessage) -> Result<ModelConfig> {
 /// The config as Triton prints it: snake_case names, every primitive field present,
 /// enums by name, 64-bit integers as numbers.
 pub fn to_json(config: &ModelConfig) -> Result<serde_json::Value> {
-    let dynamic = DynamicMessage::decode(model_config_descriptor()?, config.encode_to_vec().as_slice())
-        .map_err(|e| Error::internal(format!("model config does not decode: {e}")))?;
+    let dynamic = DynamicMessage::decode(
+        model_config_descriptor()?,
+        config.encode_to_vec().as_slice(),
+    )
+    .map_err(|e| Error::internal(format!("model config does not decode: {e}")))?;
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)
@@ -104,7 +110,12 @@ pub fn normalize(config: &mut ModelConfig, model_name: &str) -> Result<()> {
             config.name
         )));
     }
-    if config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()).is_none() {
+    if config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+        .is_none()
+    {
         config.version_policy = Some(ModelVersionPolicy {
             policy_choice: Some(model_version_policy::PolicyChoice::Latest(
                 model_version_policy::Latest { num_versions: 1 },
@@ -126,7 +137,11 @@ pub fn normalize(config: &mut ModelConfig, model_name: &str) -> Result<()> {
     }
     for (i, group) in config.instance_group.iter_mut().enumerate() {
         if group.name.is_empty() {
-            group.name = if i == 0 { model_name.to_string() } else { format!("{model_name}_{i}") };
+            group.name = if i == 0 {
+                model_name.to_string()
+            } else {
+                format!("{model_name}_{i}")
+            };
         }
         if group.count == 0 {
             group.count = 1;
@@ -156,11 +171,23 @@ pub fn normalize(config: &mut ModelConfig, model_name: &str) -> Result<()> {
     }
     let mut seen = std::collections::HashSet::new();
     for input in &config.input {
-        check_tensor("input", &input.name, input.data_type, &input.dims, &mut seen)?;
+        check_tensor(
+            "input",
+            &input.name,
+            input.data_type,
+            &input.dims,
+            &mut seen,
+        )?;
     }
     seen.clear();
     for output in &config.output {
-        check_tensor("output", &output.name, output.data_type, &output.dims, &mut seen)?;
+        check_tensor(
+            "output",
+            &output.name,
+            output.data_type,
+            &output.dims,
+            &mut seen,
+        )?;
     }
     Ok(())
 }
@@ -176,10 +203,14 @@ fn check_tensor(
         return Err(Error::invalid(format!("an {what} has no name")));
     }
     if !seen.insert(name.to_string()) {
-        return Err(Error::invalid(format!("{what} '{name}' appears more than once")));
+        return Err(Error::invalid(format!(
+            "{what} '{name}' appears more than once"
+        )));
     }
     if datatype_of(data_type).is_none() {
-        return Err(Error::invalid(format!("{what} '{name}' has no valid data_type")));
+        return Err(Error::invalid(format!(
+            "{what} '{name}' has no valid data_type"
+        )));
     }
     if let Some(d) = dims.iter().find(|&&d| d < -1 || d == 0) {
         return Err(Error::invalid(format!(
@@ -224,8 +255,17 @@ dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 100
         assert_eq!(config.name, "simple");
         assert_eq!(config.max_batch_size, 8);
         assert_eq!(config.input[0].dims, vec![16]);
-        assert_eq!(datatype_of(config.input[0].data_type), Some(DataType::INT32));
-        assert_eq!(config.dynamic_batching.unwrap().preferred_batch_size, vec![4]);
+        assert_eq!(
+            datatype_of(config.input[0].data_type),
+            Some(DataType::INT32)
+        );
+        use crate::proto::inference::model_config::SchedulingChoice;
+        match config.scheduling_choice {
+            Some(SchedulingChoice::DynamicBatching(d)) => {
+                assert_eq!(d.preferred_batch_size, vec![4])
+            }
+            other => panic!("dynamic_batching not parsed: {other:?}"),
+        }
     }
 
     #[test]
@@ -252,7 +292,8 @@ dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 100
     fn normalize_checks_name_and_dims() {
         let mut config = parse_text(SIMPLE).unwrap();
         assert!(normalize(&mut config, "other").is_err());
-        let mut config = parse_text("input [ { name: \"A\" data_type: TYPE_FP32 dims: [ 0 ] } ]").unwrap();
+        let mut config =
+            parse_text("input [ { name: \"A\" data_type: TYPE_FP32 dims: [ 0 ] } ]").unwrap();
         assert!(normalize(&mut config, "m").is_err());
     }
 

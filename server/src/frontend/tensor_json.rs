@@ -29,7 +29,9 @@ pub fn decode(name: &str, datatype: DataType, data: &Value) -> Result<Vec<u8>> {
     let mut leaves = Vec::new();
     flatten(data, &mut leaves, 0)?;
     let bad = |v: &Value| {
-        Error::invalid(format!("input '{name}': value {v} is not a valid {datatype} element"))
+        Error::invalid(format!(
+            "input '{name}': value {v} is not a valid {datatype} element"
+        ))
     };
     let mut out = Vec::with_capacity(leaves.len() * datatype.element_size().unwrap_or(8));
     macro_rules! ints {
@@ -89,7 +91,11 @@ pub fn decode(name: &str, datatype: DataType, data: &Value) -> Result<Vec<u8>> {
                 out.extend_from_slice(s.as_bytes());
             }
         }
-        _ => return Err(Error::invalid(format!("input '{name}' has an unsupported data type"))),
+        _ => {
+            return Err(Error::invalid(format!(
+                "input '{name}' has an unsupported data type"
+            )));
+        }
     }
     Ok(out)
 }
@@ -132,7 +138,11 @@ pub fn encode(datatype: DataType, data: &[u8]) -> Result<Value> {
             .into_iter()
             .map(|item| Value::String(String::from_utf8_lossy(item).into_owned()))
             .collect(),
-        other => return Err(Error::internal(format!("output has unsupported data type {other}"))),
+        other => {
+            return Err(Error::internal(format!(
+                "output has unsupported data type {other}"
+            )));
+        }
     };
     Ok(Value::Array(values))
 }
@@ -148,8 +158,12 @@ mod tests {
             let data = match dt {
                 DataType::BOOL => json!([[true, false], [false, true]]),
                 DataType::BYTES => json!(["a", "", "ü"]),
-                DataType::FP16 | DataType::BF16 | DataType::FP32 | DataType::FP64 => json!([1.5, -2.0]),
-                DataType::INT8 | DataType::INT16 | DataType::INT32 | DataType::INT64 => json!([-3, 4]),
+                DataType::FP16 | DataType::BF16 | DataType::FP32 | DataType::FP64 => {
+                    json!([1.5, -2.0])
+                }
+                DataType::INT8 | DataType::INT16 | DataType::INT32 | DataType::INT64 => {
+                    json!([-3, 4])
+                }
                 _ => json!([3, 4]),
             };
             let bytes = decode("x", dt, &data).unwrap();

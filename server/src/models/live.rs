@@ -55,7 +55,12 @@ fn specs(list: impl Iterator<Item = (String, i32, Vec<i64>, bool)>) -> Result<Ve
     list.map(|(name, data_type, dims, optional)| {
         let datatype = config::datatype_of(data_type)
             .ok_or_else(|| Error::invalid(format!("tensor '{name}' has no valid data_type")))?;
-        Ok(TensorSpec { name, datatype, dims, optional })
+        Ok(TensorSpec {
+            name,
+            datatype,
+            dims,
+            optional,
+        })
     })
     .collect()
 }
@@ -92,7 +97,10 @@ pub fn auto_complete(
     let args = model_args(name, version, &json, &model_path, &version_path);
     match backend.backend.auto_complete_config(args).into_result() {
         Ok(ROption::RSome(completed)) => config::parse_json(completed.as_str()).map_err(|e| {
-            Error::invalid(format!("backend '{}' completed the config wrongly: {}", backend.name, e.message))
+            Error::invalid(format!(
+                "backend '{}' completed the config wrongly: {}",
+                backend.name, e.message
+            ))
         }),
         Ok(ROption::RNone) => Ok(config),
         Err(e) => Err(Error::invalid(format!(
@@ -113,8 +121,15 @@ impl LiveModel {
     ) -> Result<LiveModel> {
         let config_json = config::to_json(config)?;
         let json_text = config_json.to_string();
-        let (model_path, version_path) = (model_path.to_string_lossy(), version_path.to_string_lossy());
-        let args = model_args(&config.name, version, &json_text, &model_path, &version_path);
+        let (model_path, version_path) =
+            (model_path.to_string_lossy(), version_path.to_string_lossy());
+        let args = model_args(
+            &config.name,
+            version,
+            &json_text,
+            &model_path,
+            &version_path,
+        );
         let model = backend.backend.load_model(args).into_result()?;
         let mut instances = Vec::new();
         let mut index = 0u32;
@@ -126,7 +141,12 @@ impl LiveModel {
             };
             for i in 0..group.count {
                 let name = format!("{}_{i}", group.name);
-                let args = InstanceArgs { name: RStr::from_str(&name), index, kind, device_id: 0 };
+                let args = InstanceArgs {
+                    name: RStr::from_str(&name),
+                    index,
+                    kind,
+                    device_id: 0,
+                };
                 let instance = model.create_instance(args).into_result().map_err(|e| {
                     Error::internal(format!("creating instance '{name}' failed: {}", e.message))
                 })?;
@@ -135,8 +155,18 @@ impl LiveModel {
             }
         }
         let scheduler = Scheduler::start(&config.name, instances)?;
-        let inputs = specs(config.input.iter().map(|t| (t.name.clone(), t.data_type, t.dims.clone(), t.optional)))?;
-        let outputs = specs(config.output.iter().map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false)))?;
+        let inputs = specs(
+            config
+                .input
+                .iter()
+                .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), t.optional)),
+        )?;
+        let outputs = specs(
+            config
+                .output
+                .iter()
+                .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false)),
+        )?;
         Ok(LiveModel {
             scheduler,
             _model: model,
@@ -158,7 +188,9 @@ impl LiveModel {
     /// The full shape a client sees for a declared tensor (batch dimension first, as -1).
     pub fn client_shape(&self, spec: &TensorSpec) -> Vec<i64> {
         if self.batches() {
-            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+            std::iter::once(-1)
+                .chain(spec.dims.iter().copied())
+                .collect()
         } else {
             spec.dims.clone()
         }
@@ -166,7 +198,11 @@ impl LiveModel {
 
     /// The platform name reported in metadata: the config's platform, else its backend.
     pub fn platform(&self) -> &str {
-        if self.config.platform.is_empty() { &self.config.backend } else { &self.config.platform }
+        if self.config.platform.is_empty() {
+            &self.config.backend
+        } else {
+            &self.config.platform
+        }
     }
 
     /// Checks a request against the config: known inputs, types, shapes, byte sizes, batch
@@ -176,11 +212,21 @@ impl LiveModel {
         let mut batch: Option<i64> = None;
         let mut seen = std::collections::HashSet::new();
         for input in &request.inputs {
-            let spec = self.inputs.iter().find(|s| s.name == input.name).ok_or_else(|| {
-                Error::invalid(format!("unexpected inference input '{}' for model '{model}'", input.name))
-            })?;
+            let spec = self
+                .inputs
+                .iter()
+                .find(|s| s.name == input.name)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unexpected inference input '{}' for model '{model}'",
+                        input.name
+                    ))
+                })?;
             if !seen.insert(input.name.as_str()) {
-                return Err(Error::invalid(format!("input '{}' appears more than once", input.name)));
+                return Err(Error::invalid(format!(
+                    "input '{}' appears more than once",
+                    input.name
+                )));
             }
             if input.datatype != spec.datatype {
                 return Err(Error::invalid(format!(
@@ -213,7 +259,10 @@ impl LiveModel {
                 input.shape.as_slice()
             };
             let shape_ok = dims.len() == spec.dims.len()
-                && dims.iter().zip(&spec.dims).all(|(&d, &s)| d >= 0 && (s == -1 || d == s));
+                && dims
+                    .iter()
+                    .zip(&spec.dims)
+                    .all(|(&d, &s)| d >= 0 && (s == -1 || d == s));
             if !shape_ok {
                 return Err(Error::invalid(format!(
                     "unexpected shape for input '{}' for model '{model}'. Expected {:?}, got {:?}",

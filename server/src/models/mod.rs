@@ -72,6 +72,16 @@ struct ModelRecord {
     error: Option<String>,
 }
 
+/// A model ready to have its versions loaded.
+struct Prepared {
+    /// The completed, checked config.
+    config: ModelConfig,
+    /// The backend that serves it.
+    backend: Arc<crate::plugins::LoadedBackend>,
+    /// The versions to load, with their folders.
+    versions: Vec<(i64, PathBuf)>,
+}
+
 /// Loads models and routes requests to their live versions.
 pub struct ModelManager {
     /// Backend libraries.
@@ -87,19 +97,30 @@ pub struct ModelManager {
 impl ModelManager {
     /// A manager over these repositories, with nothing loaded yet.
     pub fn new(plugins: Arc<Plugins>, repositories: Vec<PathBuf>, auto_complete: bool) -> Self {
-        ModelManager { plugins, repositories, auto_complete, models: RwLock::new(BTreeMap::new()) }
+        ModelManager {
+            plugins,
+            repositories,
+            auto_complete,
+            models: RwLock::new(BTreeMap::new()),
+        }
     }
 
     /// Loads every model found in the repositories. A model that fails is recorded as
     /// unavailable with its reason; the others load regardless. Blocking: run it off the
     /// async runtime.
     pub fn load_all(&self) -> Result<()> {
-        let (dirs, conflicts) = repository::scan(&self.repositories)?;
-        for (name, error) in conflicts {
+        let scan = repository::scan(&self.repositories)?;
+        for (name, error) in scan.conflicts {
             tracing::error!(model = %name, "{}", error.message);
-            self.models.write().insert(name, ModelRecord { error: Some(error.message), ..Default::default() });
+            self.models.write().insert(
+                name,
+                ModelRecord {
+                    error: Some(error.message),
+                    ..Default::default()
+                },
+            );
         }
-        for dir in dirs {
+        for dir in scan.models {
             let record = self.load_model(&dir);
             self.models.write().insert(dir.name.clone(), record);
         }
@@ -110,20 +131,36 @@ impl ModelManager {
         match self.prepare(dir) {
             Err(e) => {
                 tracing::error!(model = %dir.name, "failed to load: {}", e.message);
-                ModelRecord { error: Some(e.message), ..Default::default() }
+                ModelRecord {
+                    error: Some(e.message),
+                    ..Default::default()
+                }
             }
-            Ok((config, backend, versions)) => {
+            Ok(Prepared {
+                config,
+                backend,
+                versions,
+            }) => {
                 let mut record = ModelRecord::default();
                 for (version, path) in versions {
-                    let loaded = LiveModel::load(&config, Arc::clone(&backend), &dir.path, version, &path);
+                    let loaded =
+                        LiveModel::load(&config, Arc::clone(&backend), &dir.path, version, &path);
                     let entry = match loaded {
                         Ok(live) => {
                             tracing::info!(model = %dir.name, version, "loaded, ready");
-                            VersionRecord { state: ModelState::Ready, reason: String::new(), live: Some(Arc::new(live)) }
+                            VersionRecord {
+                                state: ModelState::Ready,
+                                reason: String::new(),
+                                live: Some(Arc::new(live)),
+                            }
                         }
                         Err(e) => {
                             tracing::error!(model = %dir.name, version, "failed to load: {}", e.message);
-                            VersionRecord { state: ModelState::Unavailable, reason: e.message, live: None }
+                            VersionRecord {
+                                state: ModelState::Unavailable,
+                                reason: e.message,
+                                live: None,
+                            }
                         }
                     };
                     record.versions.insert(version, entry);
@@ -134,10 +171,7 @@ impl ModelManager {
     }
 
     /// Reads and completes a model's config, loads its backend and picks its versions.
-    fn prepare(
-        &self,
-        dir: &ModelDir,
-    ) -> Result<(ModelConfig, Arc<crate::plugins::LoadedBackend>, Vec<(i64, PathBuf)>)> {
+    fn prepare(&self, dir: &ModelDir) -> Result<Prepared> {
         let mut config = repository::read_config(&dir.path)?.ok_or_else(|| {
             Error::invalid(format!(
                 "model folder '{}' has no {}",
@@ -166,18 +200,24 @@ impl ModelManager {
             .into_iter()
             .filter_map(|v| folders.get(&v).map(|p| (v, p.clone())))
             .collect();
-        Ok((config, backend, versions))
+        Ok(Prepared {
+            config,
+            backend,
+            versions,
+        })
     }
 
     /// The live model for a request: the given version, or the highest ready one.
     pub fn get(&self, name: &str, version: Option<i64>) -> Result<Arc<LiveModel>> {
         let models = self.models.read();
-        let record = models
-            .get(name)
-            .ok_or_else(|| Error::not_found(format!("Request for unknown model: '{name}' is not found")))?;
+        let record = models.get(name).ok_or_else(|| {
+            Error::not_found(format!("Request for unknown model: '{name}' is not found"))
+        })?;
         match version {
             Some(v) => match record.versions.get(&v) {
-                Some(VersionRecord { live: Some(live), .. }) => Ok(Arc::clone(live)),
+                Some(VersionRecord {
+                    live: Some(live), ..
+                }) => Ok(Arc::clone(live)),
                 Some(VersionRecord { reason, .. }) => Err(Error::unavailable(format!(
                     "model '{name}' version {v} is not ready: {reason}"
                 ))),
@@ -192,7 +232,11 @@ impl ModelManager {
                 .find_map(|r| r.live.clone())
                 .ok_or_else(|| {
                     let reason = record.error.clone().or_else(|| {
-                        record.versions.values().map(|r| r.reason.clone()).find(|r| !r.is_empty())
+                        record
+                            .versions
+                            .values()
+                            .map(|r| r.reason.clone())
+                            .find(|r| !r.is_empty())
                     });
                     Error::unavailable(format!(
                         "model '{name}' has no available versions: {}",
@@ -212,7 +256,13 @@ impl ModelManager {
         self.models
             .read()
             .get(name)
-            .map(|r| r.versions.iter().filter(|(_, v)| v.live.is_some()).map(|(k, _)| *k).collect())
+            .map(|r| {
+                r.versions
+                    .iter()
+                    .filter(|(_, v)| v.live.is_some())
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

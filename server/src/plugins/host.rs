@@ -42,7 +42,9 @@ impl HostObj for ServerHost {
 
     fn infer(&self, request: HostInferRequest<'_>) -> RResult<RVec<Response>, BackendError> {
         let Some((core, runtime)) = self.core.get() else {
-            return RResult::RErr(BackendError::unavailable("the server is not ready for inference"));
+            return RResult::RErr(BackendError::unavailable(
+                "the server is not ready for inference",
+            ));
         };
         let Some(core) = core.upgrade() else {
             return RResult::RErr(BackendError::unavailable("the server is shutting down"));
@@ -55,7 +57,9 @@ impl HostObj for ServerHost {
         match rx.recv() {
             Ok(Ok(response)) => RResult::ROk(RVec::from(vec![response.into_backend_response()])),
             Ok(Err(e)) => RResult::RErr(e.into()),
-            Err(_) => RResult::RErr(BackendError::internal("inference was dropped before it answered")),
+            Err(_) => RResult::RErr(BackendError::internal(
+                "inference was dropped before it answered",
+            )),
         }
     }
 }

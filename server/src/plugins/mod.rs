@@ -40,8 +40,17 @@ pub struct Plugins {
 
 impl Plugins {
     /// A plugin set over this backend directory.
-    pub fn new(dir: PathBuf, configs: HashMap<String, serde_json::Value>, host: ServerHost) -> Self {
-        Plugins { dir, configs, host, loaded: Mutex::new(HashMap::new()) }
+    pub fn new(
+        dir: PathBuf,
+        configs: HashMap<String, serde_json::Value>,
+        host: ServerHost,
+    ) -> Self {
+        Plugins {
+            dir,
+            configs,
+            host,
+            loaded: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The backend directory.
@@ -57,7 +66,9 @@ impl Plugins {
     /// The backend with this name, loading its library the first time it is asked for.
     pub fn get(&self, name: &str) -> Result<Arc<LoadedBackend>> {
         if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-            return Err(Error::invalid(format!("'{name}' is not a valid backend name")));
+            return Err(Error::invalid(format!(
+                "'{name}' is not a valid backend name"
+            )));
         }
         let mut loaded = self.loaded.lock();
         if let Some(backend) = loaded.get(name) {
@@ -79,7 +90,9 @@ impl Plugins {
             )));
         }
         let header = lib_header_from_path(path).map_err(|e| library_error(name, path, e))?;
-        let root = header.init_root_module::<BackendLibRef>().map_err(|e| library_error(name, path, e))?;
+        let root = header
+            .init_root_module::<BackendLibRef>()
+            .map_err(|e| library_error(name, path, e))?;
         let abi = root.abi_version();
         if abi != ABI_VERSION {
             return Err(Error::unavailable(format!(
@@ -96,22 +109,56 @@ impl Plugins {
         let backend = create(self.host.to_ffi(), RStr::from_str(&config))
             .into_result()
             .map_err(|e| {
-                Error::unavailable(format!("backend '{name}' failed to initialize: {}", e.message))
+                Error::unavailable(format!(
+                    "backend '{name}' failed to initialize: {}",
+                    e.message
+                ))
             })?;
-        Ok(LoadedBackend { name: name.to_string(), path: path.to_path_buf(), backend })
+        Ok(LoadedBackend {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            backend,
+        })
     }
 }
 
 fn library_error(name: &str, path: &Path, error: LibraryError) -> Error {
+    // abi_stable's full report (a type-layout dump for ABI mismatches) goes to the debug log;
+    // the error names the cause in one line.
+    tracing::debug!(backend = name, "library load failure: {error}");
     let what = match &error {
-        LibraryError::OpenError { .. } => "cannot be opened as a shared library",
-        LibraryError::GetSymbolError { .. } => "is not a Ferrum backend (it exports no backend root module)",
-        LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(..) => {
-            "was built against an incompatible backend-api"
+        LibraryError::OpenError { .. } => {
+            format!(
+                "cannot be opened as a shared library: {}",
+                first_line(&error)
+            )
         }
-        _ => "could not be loaded",
+        LibraryError::GetSymbolError { .. } => {
+            "is not a Ferrum backend (it exports no backend root module)".to_string()
+        }
+        LibraryError::IncompatibleVersionNumber { .. } => format!(
+            "was built against an incompatible backend-api version (this server uses {}): {}",
+            ferrum_backend_api::VERSION,
+            first_line(&error)
+        ),
+        LibraryError::AbiInstability(..) => format!(
+            "was built against an incompatible backend-api: its ABI types differ from this server's (backend-api {}); rebuild it against this version",
+            ferrum_backend_api::VERSION
+        ),
+        _ => format!("could not be loaded: {}", first_line(&error)),
     };
-    // abi_stable's layout reports are long; the first lines carry the reason.
-    let detail: String = error.to_string().lines().take(12).collect::<Vec<_>>().join(" ");
-    Error::unavailable(format!("backend '{name}' library '{}' {what}: {detail}", path.display()))
+    Error::unavailable(format!(
+        "backend '{name}' library '{}' {what}",
+        path.display()
+    ))
+}
+
+fn first_line(error: &LibraryError) -> String {
+    let text = error.to_string();
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect()
 }

@@ -20,21 +20,37 @@ pub struct ModelDir {
     pub path: PathBuf,
 }
 
+/// What a scan of the repositories found.
+#[derive(Debug)]
+pub struct Scan {
+    /// Model folders, by name.
+    pub models: Vec<ModelDir>,
+    /// Names found in more than one repository, with the error to report for each.
+    pub conflicts: Vec<(String, Error)>,
+}
+
 /// Lists the model folders of every repository. A name found in two repositories is an error
-/// for that name only, reported in the second list.
-pub fn scan(repositories: &[PathBuf]) -> Result<(Vec<ModelDir>, Vec<(String, Error)>)> {
+/// for that name only.
+pub fn scan(repositories: &[PathBuf]) -> Result<Scan> {
     let mut found: BTreeMap<String, ModelDir> = BTreeMap::new();
     let mut conflicts = Vec::new();
     for repo in repositories {
         let entries = std::fs::read_dir(repo).map_err(|e| {
-            Error::invalid(format!("cannot read model repository '{}': {e}", repo.display()))
+            Error::invalid(format!(
+                "cannot read model repository '{}': {e}",
+                repo.display()
+            ))
         })?;
         for entry in entries.flatten() {
             let path = entry.path();
             if !path.is_dir() {
                 continue;
             }
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
             if name.starts_with('.') {
@@ -57,7 +73,10 @@ pub fn scan(repositories: &[PathBuf]) -> Result<(Vec<ModelDir>, Vec<(String, Err
     for (name, _) in &conflicts {
         found.remove(name);
     }
-    Ok((found.into_values().collect(), conflicts))
+    Ok(Scan {
+        models: found.into_values().collect(),
+        conflicts,
+    })
 }
 
 /// Reads a model folder's config.pbtxt, or `None` when the folder has none.
@@ -68,21 +87,28 @@ pub fn read_config(dir: &Path) -> Result<Option<ModelConfig>> {
             .map(Some)
             .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::invalid(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(Error::invalid(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 /// The numbered version folders of a model, ascending.
 pub fn version_folders(dir: &Path) -> Result<BTreeMap<i64, PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::invalid(format!("cannot read model folder '{}': {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::invalid(format!("cannot read model folder '{}': {e}", dir.display()))
+    })?;
     let mut versions = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {
             continue;
         }
-        let parsed = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<i64>().ok());
+        let parsed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<i64>().ok());
         if let Some(v) = parsed.filter(|v| *v > 0) {
             versions.insert(v, path);
         }
@@ -96,9 +122,10 @@ pub fn select_versions(policy: Option<&ModelVersionPolicy>, available: &[i64]) -
     sorted.sort_unstable();
     match policy.and_then(|p| p.policy_choice.as_ref()) {
         Some(PolicyChoice::All(_)) => sorted,
-        Some(PolicyChoice::Specific(specific)) => {
-            sorted.into_iter().filter(|v| specific.versions.contains(v)).collect()
-        }
+        Some(PolicyChoice::Specific(specific)) => sorted
+            .into_iter()
+            .filter(|v| specific.versions.contains(v))
+            .collect(),
         Some(PolicyChoice::Latest(latest)) => {
             let n = usize::try_from(latest.num_versions.max(1)).unwrap_or(1);
             let skip = sorted.len().saturating_sub(n);
@@ -114,7 +141,9 @@ mod tests {
     use crate::proto::inference::model_version_policy::{All, Latest, Specific};
 
     fn policy(choice: PolicyChoice) -> ModelVersionPolicy {
-        ModelVersionPolicy { policy_choice: Some(choice) }
+        ModelVersionPolicy {
+            policy_choice: Some(choice),
+        }
     }
 
     #[test]
@@ -125,7 +154,9 @@ mod tests {
         assert_eq!(select_versions(Some(&latest2), &available), vec![2, 3]);
         let all = policy(PolicyChoice::All(All {}));
         assert_eq!(select_versions(Some(&all), &available), vec![1, 2, 3]);
-        let specific = policy(PolicyChoice::Specific(Specific { versions: vec![1, 7] }));
+        let specific = policy(PolicyChoice::Specific(Specific {
+            versions: vec![1, 7],
+        }));
         assert_eq!(select_versions(Some(&specific), &available), vec![1]);
     }
 
@@ -136,7 +167,7 @@ mod tests {
         std::fs::create_dir_all(repo.path().join("m/10")).unwrap();
         std::fs::create_dir_all(repo.path().join("m/not_a_version")).unwrap();
         std::fs::write(repo.path().join("README"), "x").unwrap();
-        let (models, conflicts) = scan(&[repo.path().to_path_buf()]).unwrap();
+        let Scan { models, conflicts } = scan(&[repo.path().to_path_buf()]).unwrap();
         assert!(conflicts.is_empty());
         assert_eq!(models.len(), 1);
         assert_eq!(models[0].name, "m");

@@ -42,18 +42,32 @@ impl Scheduler {
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
                 .spawn(move || run_instance(instance, rx))
-                .map_err(|e| Error::internal(format!("cannot start a thread for model '{model}': {e}")))?;
+                .map_err(|e| {
+                    Error::internal(format!("cannot start a thread for model '{model}': {e}"))
+                })?;
             threads.push(thread);
         }
-        Ok(Scheduler { queue: Some(tx), threads })
+        Ok(Scheduler {
+            queue: Some(tx),
+            threads,
+        })
     }
 
     /// Queues a request; its responses arrive on the returned channel.
-    pub fn submit(&self, request: InferRequest) -> Result<mpsc::UnboundedReceiver<ResponseMessage>> {
+    pub fn submit(
+        &self,
+        request: InferRequest,
+    ) -> Result<mpsc::UnboundedReceiver<ResponseMessage>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = self.queue.as_ref().ok_or_else(|| Error::unavailable("model is unloading"))?;
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("model is unloading"))?;
         queue
-            .send(Job { request, responses: tx })
+            .send(Job {
+                request,
+                responses: tx,
+            })
             .map_err(|_| Error::unavailable("model has no running instances"))?;
         Ok(rx)
     }
@@ -77,7 +91,10 @@ fn run_instance(mut instance: InstanceBox, queue: crossbeam_channel::Receiver<Jo
 
 /// Executes a batch of jobs on one instance and makes sure every request gets an answer.
 fn execute(instance: &mut InstanceBox, jobs: &[Job]) {
-    let responders: Vec<_> = jobs.iter().map(|job| channel_responder(job.responses.clone())).collect();
+    let responders: Vec<_> = jobs
+        .iter()
+        .map(|job| channel_responder(job.responses.clone()))
+        .collect();
     let tensors: Vec<Vec<Tensor<'_>>> = jobs
         .iter()
         .map(|job| {
@@ -96,7 +113,13 @@ fn execute(instance: &mut InstanceBox, jobs: &[Job]) {
         .collect();
     let outputs: Vec<Vec<RStr<'_>>> = jobs
         .iter()
-        .map(|job| job.request.outputs.iter().map(|o| RStr::from_str(o)).collect())
+        .map(|job| {
+            job.request
+                .outputs
+                .iter()
+                .map(|o| RStr::from_str(o))
+                .collect()
+        })
         .collect();
     let requests: Vec<Request<'_>> = jobs
         .iter()
@@ -115,7 +138,9 @@ fn execute(instance: &mut InstanceBox, jobs: &[Job]) {
             }
         })
         .collect();
-    let result = instance.execute(RSlice::from_slice(&requests)).into_result();
+    let result = instance
+        .execute(RSlice::from_slice(&requests))
+        .into_result();
     drop(requests);
     for (_, state) in &responders {
         match &result {

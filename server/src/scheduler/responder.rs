@@ -43,7 +43,9 @@ impl ResponderState {
 
     /// Fails the request if the backend returned without answering it.
     pub fn finish_if_silent(&self) {
-        self.fail(BackendError::internal("the backend returned without sending a response"));
+        self.fail(BackendError::internal(
+            "the backend returned without sending a response",
+        ));
     }
 }
 
@@ -53,7 +55,8 @@ struct ChannelResponder(Arc<ResponderState>);
 
 impl ResponderObj for ChannelResponder {
     fn send(&self, response: RResult<Response, BackendError>, flags: u32) {
-        self.0.send(response.into_result(), flags & RESPONSE_FINAL != 0);
+        self.0
+            .send(response.into_result(), flags & RESPONSE_FINAL != 0);
     }
 }
 
@@ -61,7 +64,10 @@ impl ResponderObj for ChannelResponder {
 pub fn channel_responder(
     tx: mpsc::UnboundedSender<ResponseMessage>,
 ) -> (Responder, Arc<ResponderState>) {
-    let state = Arc::new(ResponderState { tx: Mutex::new(Some(tx)) });
-    let responder = ResponderObj_TO::from_ptr(RArc::new(ChannelResponder(Arc::clone(&state))), TD_Opaque);
+    let state = Arc::new(ResponderState {
+        tx: Mutex::new(Some(tx)),
+    });
+    let responder =
+        ResponderObj_TO::from_ptr(RArc::new(ChannelResponder(Arc::clone(&state))), TD_Opaque);
     (responder, state)
 }

@@ -1,0 +1,241 @@
+//! Starts the real `ferrum` binary on free ports with a repository and backend directory made
+//! for the test, and talks to it over HTTP.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The cargo output folder the tests were built into (`target/debug`).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable sits in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The ferrum binary under test: `FERRUM_BIN`, or the one cargo built beside the tests.
+pub fn ferrum_bin() -> PathBuf {
+    std::env::var_os("FERRUM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| build_dir().join("ferrum"))
+}
+
+/// A library cargo built, by crate library name (`identity` → `libferrum_identity.so`).
+pub fn built_library(name: &str) -> PathBuf {
+    let path = build_dir().join(format!("libferrum_{name}.so"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// Puts a library into `<dir>/<backend>/libferrum_<backend>.so`.
+pub fn install_backend(dir: &Path, backend: &str, library: &Path) {
+    let folder = dir.join(backend);
+    std::fs::create_dir_all(&folder).expect("create backend folder");
+    std::fs::copy(library, folder.join(format!("libferrum_{backend}.so")))
+        .expect("copy backend library");
+}
+
+/// Writes a model folder with a config and an empty version 1.
+pub fn write_model(repo: &Path, name: &str, config: &str) {
+    let folder = repo.join(name);
+    std::fs::create_dir_all(folder.join("1")).expect("create model folder");
+    std::fs::write(folder.join("config.pbtxt"), config).expect("write config");
+}
+
+/// An identity-style model config over one FP32 input for backend `backend`.
+pub fn identity_config(name: &str, backend: &str, parameters: &[(&str, &str)]) -> String {
+    let params: String = parameters
+        .iter()
+        .map(|(k, v)| format!("parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n"))
+        .collect();
+    format!(
+        "name: \"{name}\"\nbackend: \"{backend}\"\nmax_batch_size: 8\n\
+         input [ {{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ -1 ] }} ]\n\
+         output [ {{ name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ -1 ] }} ]\n{params}"
+    )
+}
+
+/// A request body for an identity model over `values`.
+pub fn identity_request(values: &[f32]) -> Value {
+    serde_json::json!({
+        "inputs": [{ "name": "INPUT0", "datatype": "FP32", "shape": [1, values.len()], "data": values }]
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running server.
+pub struct Server {
+    /// The process.
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub http: String,
+    /// Where the server's log goes.
+    pub log: PathBuf,
+    /// Keeps the log folder alive.
+    _log_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts ferrum on free ports and waits until `/v2/health/ready` answers 200.
+    pub fn start(repo: &Path, backend_dir: &Path, extra: &[&str]) -> Server {
+        let log_dir = tempfile::tempdir().expect("log folder");
+        let log = log_dir.path().join("ferrum.log");
+        let (http, grpc, metrics) = (free_port(), free_port(), free_port());
+        let child = Command::new(ferrum_bin())
+            .arg("--model-repository")
+            .arg(repo)
+            .arg("--backend-directory")
+            .arg(backend_dir)
+            .args([
+                "--http-address",
+                "127.0.0.1",
+                "--grpc-address",
+                "127.0.0.1",
+                "--metrics-address",
+                "127.0.0.1",
+            ])
+            .args([
+                "--http-port",
+                &http.to_string(),
+                "--grpc-port",
+                &grpc.to_string(),
+            ])
+            .args(["--metrics-port", &metrics.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start ferrum");
+        let mut server = Server {
+            child: Some(child),
+            http: format!("http://127.0.0.1:{http}"),
+            log,
+            _log_dir: log_dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("{}/v2/health/ready", self.http);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("ferrum exited early with {status}:\n{}", self.log_text());
+            }
+            if ureq::get(&url)
+                .timeout(Duration::from_secs(2))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ferrum did not become ready in 60 s:\n{}", self.log_text());
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// GET a path; returns the status and the JSON body (Null when not JSON).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        respond(ureq::get(&format!("{}{path}", self.http)).call())
+    }
+
+    /// POST JSON to a path; returns the status and the JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        respond(ureq::post(&format!("{}{path}", self.http)).send_json(body.clone()))
+    }
+
+    /// The repository index row of a model (its first row).
+    pub fn index_row(&self, model: &str) -> Value {
+        let (status, rows) = self.post("/v2/repository/index", &serde_json::json!({}));
+        assert_eq!(status, 200);
+        rows.as_array()
+            .and_then(|r| r.iter().find(|row| row["name"] == model))
+            .cloned()
+            .unwrap_or_else(|| panic!("model {model} not in the index: {rows}"))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        signal(&child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for ferrum") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "ferrum did not exit within 30 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+}
+
+fn respond(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
