@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Lays out an install tree from a cargo build: <dest>/bin/ferrum and
 # <dest>/backends/<name>/libferrum_<name>.so for every backend crate under backends/.
+# A backend that needs a native runtime beside it has an executable backends/<name>/runtime.sh;
+# it is called with the backend's install folder and puts the runtime's libraries there
+# (fetching them into the download cache first when needed).
 # Usage: scripts/layout.sh <cargo profile dir, e.g. target/release> <dest>
 set -euo pipefail
 src=${1:?cargo output folder}
@@ -19,4 +22,7 @@ for crate in "$root"/backends/*/; do
   # Copy to a new file, never over the old one in place: a running server may have it mapped.
   cp "$lib" "$dest/backends/$name/.libferrum_$name.so.tmp"
   mv -f "$dest/backends/$name/.libferrum_$name.so.tmp" "$dest/backends/$name/libferrum_$name.so"
+  if [ -x "$crate/runtime.sh" ]; then
+    "$crate/runtime.sh" "$dest/backends/$name"
+  fi
 done

@@ -25,7 +25,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The model type this backend loads.
     type Model: Model;
 
-    /// Creates the backend; `config` holds the `--backend-config` settings for it (a JSON object).
+    /// Creates the backend. `config` is an object with `backend_directory` (the folder the
+    /// library was loaded from, where runtime libraries shipped beside it live),
+    /// `library_path`, and `cmdline` (this backend's `--backend-config` settings).
     fn new(config: &serde_json::Value) -> Result<Self, BackendError>;
 
     /// Loads one version of a model.

@@ -33,7 +33,9 @@ pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 pub struct BackendLib {
     /// [`ABI_VERSION`] at the time the library was built.
     pub abi_version: u32,
-    /// Creates the library's backend object; `config_json` holds `--backend-config` settings.
+    /// Creates the library's backend object. `config_json` is an object with
+    /// `backend_directory` (the library's folder), `library_path`, and `cmdline` (the
+    /// `--backend-config` settings for this backend, key → string value).
     #[sabi(last_prefix_field)]
     pub create_backend:
         extern "C" fn(host: Host, config_json: RStr<'_>) -> RResult<BackendBox, BackendError>,

@@ -100,11 +100,12 @@ impl Plugins {
                 path.display()
             )));
         }
-        let config = self
-            .configs
-            .get(name)
-            .map(|c| c.to_string())
-            .unwrap_or_default();
+        let config = serde_json::json!({
+            "backend_directory": path.parent().map(|p| p.to_string_lossy()),
+            "library_path": path.to_string_lossy(),
+            "cmdline": self.configs.get(name).cloned().unwrap_or_else(|| serde_json::json!({})),
+        })
+        .to_string();
         let create = root.create_backend();
         let backend = create(self.host.to_ffi(), RStr::from_str(&config))
             .into_result()
