@@ -283,9 +283,10 @@ impl Core {
     async fn infer_on(
         &self,
         model: &Arc<LiveModel>,
-        request: InferRequest,
+        mut request: InferRequest,
     ) -> Result<InferResponse> {
         model.validate(&request)?;
+        model.to_backend_shapes(&mut request)?;
         let requested = request.outputs.clone();
         let id = request.id.clone();
         let mut responses = model.scheduler.submit(request)?;
@@ -346,7 +347,7 @@ fn collect_outputs(
         kept.push(OutputData {
             name: name.to_string(),
             datatype: output.datatype,
-            shape: output.shape.into_vec(),
+            shape: model.to_client_shape(name, output.shape.into_vec())?,
             data: Bytes::from_owner(output.data),
         });
     }

@@ -21,10 +21,10 @@ const MODEL_FIELDS: &[&str] = &[
 ];
 
 /// Fields of an input the server implements.
-const INPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "format", "optional"];
+const INPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "format", "optional", "reshape"];
 
 /// Fields of an output the server implements.
-const OUTPUT_FIELDS: &[&str] = &["name", "data_type", "dims"];
+const OUTPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "reshape"];
 
 /// Fields of an instance group the server implements.
 const INSTANCE_GROUP_FIELDS: &[&str] = &["name", "count", "kind"];
@@ -85,7 +85,7 @@ mod tests {
             r#"
 name: "m"
 max_batch_size: 4
-input [ { name: "A" data_type: TYPE_FP32 dims: [ 2 ] reshape { shape: [ 1, 2 ] } } ]
+input [ { name: "A" data_type: TYPE_FP32 dims: [ 2 ] is_shape_tensor: true } ]
 dynamic_batching { }
 "#,
         )

@@ -26,6 +26,8 @@ pub struct TensorSpec {
     pub dims: Vec<i64>,
     /// Whether a request may leave the input out.
     pub optional: bool,
+    /// The shape the backend sees instead of `dims` (Triton's `reshape`), batch dim excluded.
+    pub reshape: Option<Vec<i64>>,
 }
 
 /// A loaded, serving model version. Fields drop in order: the instances stop before the
@@ -51,8 +53,11 @@ pub struct LiveModel {
     pub outputs: Vec<TensorSpec>,
 }
 
-fn specs(list: impl Iterator<Item = (String, i32, Vec<i64>, bool)>) -> Result<Vec<TensorSpec>> {
-    list.map(|(name, data_type, dims, optional)| {
+/// A declared tensor as (name, data_type, dims, optional, reshape).
+type Declared = (String, i32, Vec<i64>, bool, Option<Vec<i64>>);
+
+fn specs(list: impl Iterator<Item = Declared>) -> Result<Vec<TensorSpec>> {
+    list.map(|(name, data_type, dims, optional, reshape)| {
         let datatype = config::datatype_of(data_type)
             .ok_or_else(|| Error::invalid(format!("tensor '{name}' has no valid data_type")))?;
         Ok(TensorSpec {
@@ -60,6 +65,7 @@ fn specs(list: impl Iterator<Item = (String, i32, Vec<i64>, bool)>) -> Result<Ve
             datatype,
             dims,
             optional,
+            reshape,
         })
     })
     .collect()
@@ -155,18 +161,20 @@ impl LiveModel {
             }
         }
         let scheduler = Scheduler::start(&config.name, instances)?;
-        let inputs = specs(
-            config
-                .input
-                .iter()
-                .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), t.optional)),
-        )?;
-        let outputs = specs(
-            config
-                .output
-                .iter()
-                .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false)),
-        )?;
+        let inputs = specs(config.input.iter().map(|t| {
+            let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
+            (
+                t.name.clone(),
+                t.data_type,
+                t.dims.clone(),
+                t.optional,
+                reshape,
+            )
+        }))?;
+        let outputs = specs(config.output.iter().map(|t| {
+            let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
+            (t.name.clone(), t.data_type, t.dims.clone(), false, reshape)
+        }))?;
         Ok(LiveModel {
             scheduler,
             _model: model,
@@ -203,6 +211,41 @@ impl LiveModel {
         } else {
             &self.config.platform
         }
+    }
+
+    /// Rewrites the request's input shapes into the shapes the backend sees (`reshape`).
+    pub fn to_backend_shapes(&self, request: &mut InferRequest) -> Result<()> {
+        for input in &mut request.inputs {
+            let Some(spec) = self.inputs.iter().find(|s| s.name == input.name) else {
+                continue;
+            };
+            if let Some(reshape) = &spec.reshape {
+                input.shape = self.map_batched(&input.name, &input.shape, &spec.dims, reshape)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape a client sees for an output the backend produced with `shape`.
+    pub fn to_client_shape(&self, name: &str, shape: Vec<i64>) -> Result<Vec<i64>> {
+        match self.outputs.iter().find(|s| s.name == name) {
+            Some(TensorSpec {
+                reshape: Some(reshape),
+                dims,
+                ..
+            }) => self.map_batched(name, &shape, reshape, dims),
+            _ => Ok(shape),
+        }
+    }
+
+    /// Maps a shape between two declarations, keeping the batch dimension in front.
+    fn map_batched(&self, name: &str, shape: &[i64], from: &[i64], to: &[i64]) -> Result<Vec<i64>> {
+        let (batch, rest) = match (self.batches(), shape.split_first()) {
+            (true, Some((b, rest))) => (Some(*b), rest),
+            _ => (None, shape),
+        };
+        let mapped = super::reshape::map_shape(name, rest, from, to)?;
+        Ok(batch.into_iter().chain(mapped).collect())
     }
 
     /// Checks a request against the config: known inputs, types, shapes, byte sizes, batch

@@ -2,6 +2,7 @@
 //! table (model, version) → live model, and reports every model's state.
 
 mod live;
+mod reshape;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -172,15 +173,32 @@ impl ModelManager {
 
     /// Reads and completes a model's config, loads its backend and picks its versions.
     fn prepare(&self, dir: &ModelDir) -> Result<Prepared> {
-        let mut config = repository::read_config(&dir.path)?.ok_or_else(|| {
-            Error::invalid(format!(
-                "model folder '{}' has no {}",
-                dir.path.display(),
-                repository::CONFIG_FILE
-            ))
-        })?;
-        let backend = self.plugins.get(&config::backend_name(&config)?)?;
         let folders = repository::version_folders(&dir.path)?;
+        let mut config = match repository::read_config(&dir.path)? {
+            Some(config) => config,
+            None if self.auto_complete => ModelConfig::default(),
+            None => {
+                return Err(Error::invalid(format!(
+                    "model folder '{}' has no {} and config auto-complete is off \
+                     (--strict-model-config=true or --disable-auto-complete-config)",
+                    dir.path.display(),
+                    repository::CONFIG_FILE
+                )));
+            }
+        };
+        if config.backend.is_empty() && config.platform.is_empty() {
+            match repository::guess_backend(&folders) {
+                Some(backend) => config.backend = backend.to_string(),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "model '{}' names no backend or platform, and no model file in its version \
+                         folders identifies one",
+                        dir.name
+                    )));
+                }
+            }
+        }
+        let backend = self.plugins.get(&config::backend_name(&config)?)?;
         if self.auto_complete {
             config = live::auto_complete(&backend, config, &dir.name, &dir.path, &folders)?;
         }

@@ -116,6 +116,26 @@ pub fn version_folders(dir: &Path) -> Result<BTreeMap<i64, PathBuf>> {
     Ok(versions)
 }
 
+/// Model file names that identify a backend when a model has no config saying which.
+const BACKEND_FILES: &[(&str, &str)] = &[
+    ("model.onnx", "onnxruntime"),
+    ("model.pt", "pytorch"),
+    ("model.plan", "tensorrt"),
+    ("model.xml", "openvino"),
+    ("model.savedmodel", "tensorflow"),
+    ("model.graphdef", "tensorflow"),
+];
+
+/// The backend a model's files imply (looking in its highest version folder first).
+pub fn guess_backend(folders: &BTreeMap<i64, PathBuf>) -> Option<&'static str> {
+    folders.values().rev().find_map(|folder| {
+        BACKEND_FILES
+            .iter()
+            .find(|(file, _)| folder.join(file).exists())
+            .map(|(_, backend)| *backend)
+    })
+}
+
 /// The versions a policy selects from those available.
 pub fn select_versions(policy: Option<&ModelVersionPolicy>, available: &[i64]) -> Vec<i64> {
     let mut sorted = available.to_vec();
