@@ -4,6 +4,31 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
+/// How the server follows changes to the model repository.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlMode {
+    /// Load every model at start-up; never change.
+    None,
+    /// Rescan the repository periodically and apply changes.
+    Poll,
+    /// Load and unload only through the repository API and --load-model.
+    Explicit,
+    /// Watch the repository's files and apply changes as they happen.
+    Watch,
+}
+
+impl ControlMode {
+    /// The mode's flag spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+            ControlMode::Watch => "watch",
+        }
+    }
+}
+
 /// Ferrum: an inference server that speaks Triton's HTTP/gRPC protocol and loads backends as plugins.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ferrum", version, about)]
@@ -16,6 +41,20 @@ pub struct Args {
         value_name = "DIR"
     )]
     pub model_repository: Vec<PathBuf>,
+
+    /// How the model repository is managed: none (load everything once), poll (rescan every
+    /// --repository-poll-secs), explicit (load/unload API and --load-model only), or watch
+    /// (Ferrum's instant mode: a file watcher applies changes within a second).
+    #[arg(long, value_enum, default_value_t = ControlMode::None, value_name = "MODE")]
+    pub model_control_mode: ControlMode,
+
+    /// Seconds between repository scans in poll mode (and the safety-net rescan in watch mode).
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub repository_poll_secs: u64,
+
+    /// Model to load at start-up in explicit mode; repeatable; `*` loads every model.
+    #[arg(long = "load-model", value_name = "NAME")]
+    pub load_model: Vec<String>,
 
     /// Folder holding backend libraries as <DIR>/<name>/libferrum_<name>.so.
     /// Default: ../backends next to the ferrum executable's folder.

@@ -194,12 +194,15 @@ pub struct Core {
     shutting_down: AtomicBool,
     /// Request counters.
     pub metrics: crate::metrics::Metrics,
+    /// How the repository is managed; decides whether the load/unload API is allowed.
+    control_mode: crate::cli::ControlMode,
 }
 
 impl Core {
     /// A core over these models, not ready yet.
-    pub fn new(models: Arc<ModelManager>) -> Self {
+    pub fn new(models: Arc<ModelManager>, control_mode: crate::cli::ControlMode) -> Self {
         Core {
+            control_mode,
             models,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -269,6 +272,35 @@ impl Core {
         rows
     }
 
+    fn check_explicit(&self) -> Result<()> {
+        if self.control_mode == crate::cli::ControlMode::Explicit {
+            return Ok(());
+        }
+        Err(Error::unsupported(format!(
+            "explicit model load / unload is not allowed in model control mode '{}'; \
+             start the server with --model-control-mode=explicit",
+            self.control_mode.as_str()
+        )))
+    }
+
+    /// Loads or reloads a model (repository extension); returns once it serves or failed.
+    pub async fn load_model(&self, name: String, over: crate::models::LoadOverride) -> Result<()> {
+        self.check_explicit()?;
+        let models = Arc::clone(&self.models);
+        tokio::task::spawn_blocking(move || models.load(&name, over))
+            .await
+            .map_err(|e| Error::internal(format!("model load was interrupted: {e}")))?
+    }
+
+    /// Unloads a model (repository extension); in-flight requests finish first.
+    pub async fn unload_model(&self, name: String) -> Result<()> {
+        self.check_explicit()?;
+        let models = Arc::clone(&self.models);
+        tokio::task::spawn_blocking(move || models.unload(&name))
+            .await
+            .map_err(|e| Error::internal(format!("model unload was interrupted: {e}")))?
+    }
+
     /// Runs one inference and returns its response.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let model = self
@@ -289,7 +321,7 @@ impl Core {
         model.to_backend_shapes(&mut request)?;
         let requested = request.outputs.clone();
         let id = request.id.clone();
-        let mut responses = model.scheduler.submit(request)?;
+        let mut responses = model.submit(request)?;
         let mut first: Option<Response> = None;
         loop {
             let message = responses.recv().await.ok_or_else(|| {

@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cli::Args;
+use crate::cli::{Args, ControlMode};
 use crate::core::Core;
 use crate::models::ModelManager;
 use crate::plugins::{Plugins, ServerHost};
@@ -51,13 +52,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let backend_dir = args.backend_directory();
     tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", crate::core::SERVER_VERSION);
     let host = ServerHost::default();
-    let plugins = Arc::new(Plugins::new(backend_dir, backend_configs, host.clone()));
+    let plugins = Arc::new(
+        Plugins::new(backend_dir, backend_configs, host.clone())
+            .context("cannot create a folder for private copies of backend libraries")?,
+    );
     let models = Arc::new(ModelManager::new(
         plugins,
         args.model_repository.clone(),
         args.auto_complete(),
     ));
-    let core = Arc::new(Core::new(Arc::clone(&models)));
+    let core = Arc::new(Core::new(Arc::clone(&models), args.model_control_mode));
     host.attach(&core, tokio::runtime::Handle::current());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,12 +111,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let loader = Arc::clone(&models);
+    let explicit =
+        (args.model_control_mode == ControlMode::Explicit).then(|| args.load_model.clone());
     tokio::select! {
-        loaded = tokio::task::spawn_blocking(move || loader.load_all()) => {
+        loaded = tokio::task::spawn_blocking(move || loader.load_startup(explicit.as_deref())) => {
             loaded.context("model loading panicked")??;
             core.set_ready();
             tracing::info!("ready: {} model version(s) serving", core.repository_index(true).len());
-            shutdown_signal().await;
+            let detector = crate::repository::watch::spawn_detector(
+                args.model_control_mode,
+                args.model_repository.clone(),
+                Duration::from_secs(args.repository_poll_secs),
+            );
+            tokio::select! {
+                _ = follow_repository(detector, Arc::clone(&models)) => {}
+                _ = shutdown_signal() => {}
+            }
         }
         _ = shutdown_signal() => {}
     }
@@ -128,6 +142,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("unloading panicked")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Rescans the repository each time the change detector asks; forever when there is one.
+async fn follow_repository(
+    detector: Option<tokio::sync::mpsc::Receiver<()>>,
+    models: Arc<ModelManager>,
+) {
+    let Some(mut detector) = detector else {
+        return std::future::pending().await;
+    };
+    while detector.recv().await.is_some() {
+        let models = Arc::clone(&models);
+        match tokio::task::spawn_blocking(move || models.poll()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("repository rescan failed: {}", e.message),
+            Err(e) => tracing::error!("repository rescan panicked: {e}"),
+        }
+    }
 }
 
 fn metrics_router(core: Arc<Core>) -> axum::Router {

@@ -12,6 +12,7 @@ use crate::core::{
     Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
 };
 use crate::error::{Error, ErrorKind};
+use crate::models::{LoadOverride, LoadValue};
 use crate::proto::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
@@ -413,6 +414,53 @@ impl GrpcInferenceService for GrpcFrontend {
         Ok(Response::new(ModelConfigResponse {
             config: Some(live.config.clone()),
         }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> GrpcResult<RepositoryModelLoadResponse> {
+        use crate::proto::inference::model_repository_parameter::ParameterChoice as P;
+        let r = request.into_inner();
+        let mut over = LoadOverride::default();
+        for (key, param) in r.parameters {
+            let value = match param.parameter_choice {
+                Some(P::StringParam(s)) => LoadValue::Text(s),
+                Some(P::BytesParam(b)) => LoadValue::Bytes(b.to_vec()),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "parameter '{key}' must be a string or bytes"
+                    )));
+                }
+            };
+            over.add(&key, value).map_err(status_of)?;
+        }
+        self.core
+            .load_model(r.model_name, over)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> GrpcResult<RepositoryModelUnloadResponse> {
+        let r = request.into_inner();
+        if let Some(key) = r
+            .parameters
+            .keys()
+            .find(|k| k.as_str() != "unload_dependents")
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown unload parameter '{key}'"
+            )));
+        }
+        self.core
+            .unload_model(r.model_name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn repository_index(

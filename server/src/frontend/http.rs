@@ -17,6 +17,7 @@ use crate::core::{
     Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
 };
 use crate::error::{Error, ErrorKind};
+use crate::models::{LoadOverride, LoadValue};
 
 /// The header that splits a binary-extension body into its JSON part and its binary part.
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -83,6 +84,11 @@ pub fn router(core: Arc<Core>, max_body: usize) -> Router {
             post(infer_version),
         )
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(core)
@@ -221,6 +227,64 @@ async fn repository_index(
         })
         .collect();
     Ok(axum::Json(Value::Array(rows)))
+}
+
+/// The `parameters` object of a repository request body (empty body: none).
+fn repository_parameters(body: &Bytes) -> Result<Map<String, Value>, Error> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("repository request is not valid JSON: {e}")))?;
+    match request.get("parameters") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(_) => Err(Error::invalid("'parameters' must be an object")),
+    }
+}
+
+async fn repository_load(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> HttpResult<StatusCode> {
+    use base64::Engine;
+    let mut over = LoadOverride::default();
+    for (key, value) in repository_parameters(&body)? {
+        let value = match (key.starts_with("file:"), value) {
+            (true, Value::String(b64)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| {
+                        Error::invalid(format!("parameter '{key}' is not valid base64: {e}"))
+                    })?;
+                LoadValue::Bytes(bytes)
+            }
+            (_, Value::String(text)) => LoadValue::Text(text),
+            (_, _) => {
+                return Err(Error::invalid(format!("parameter '{key}' must be a string")).into());
+            }
+        };
+        over.add(&key, value)?;
+    }
+    core.load_model(model, over).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn repository_unload(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> HttpResult<StatusCode> {
+    for (key, value) in repository_parameters(&body)? {
+        if key != "unload_dependents" || !value.is_boolean() {
+            return Err(
+                Error::invalid(format!("unknown or invalid unload parameter '{key}'")).into(),
+            );
+        }
+    }
+    core.unload_model(model).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn infer(

@@ -15,6 +15,22 @@ use crate::plugins::LoadedBackend;
 use crate::proto::inference::model_instance_group::Kind;
 use crate::scheduler::Scheduler;
 
+impl Drop for LiveModel {
+    fn drop(&mut self) {
+        // Stopping instances joins their threads, which may still be finishing a request
+        // whose client went away: never do that on an async worker thread.
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(engine));
+            }
+            Err(_) => drop(engine),
+        }
+    }
+}
+
 /// A tensor as the model config declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
@@ -30,15 +46,21 @@ pub struct TensorSpec {
     pub reshape: Option<Vec<i64>>,
 }
 
-/// A loaded, serving model version. Fields drop in order: the instances stop before the
-/// backend's model is released, and that before the backend.
-pub struct LiveModel {
+/// The parts of a live model that run backend code. Fields drop in order: the instances
+/// stop before the backend's model is released, and that before the backend.
+struct Engine {
     /// The queue and instance threads.
-    pub scheduler: Scheduler,
+    scheduler: Scheduler,
     /// The backend's model object.
     _model: ModelBox,
     /// The backend library, kept alive while its code may run.
-    _backend: Arc<LoadedBackend>,
+    backend: Arc<LoadedBackend>,
+}
+
+/// A loaded, serving model version.
+pub struct LiveModel {
+    /// Scheduler, model and backend; taken out on drop to be released off the async runtime.
+    engine: Option<Engine>,
     /// Model name.
     pub name: String,
     /// Version number.
@@ -176,9 +198,11 @@ impl LiveModel {
             (t.name.clone(), t.data_type, t.dims.clone(), false, reshape)
         }))?;
         Ok(LiveModel {
-            scheduler,
-            _model: model,
-            _backend: backend,
+            engine: Some(Engine {
+                scheduler,
+                _model: model,
+                backend,
+            }),
             name: config.name.clone(),
             version,
             config: config.clone(),
@@ -186,6 +210,27 @@ impl LiveModel {
             inputs,
             outputs,
         })
+    }
+
+    /// Whether this version runs on that backend library (the same loaded copy).
+    pub fn uses_backend(&self, backend: &Arc<LoadedBackend>) -> bool {
+        self.engine
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(&e.backend, backend))
+    }
+
+    /// Queues a request on this version's instances.
+    pub fn submit(
+        &self,
+        request: InferRequest,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::ResponseMessage>> {
+        match &self.engine {
+            Some(engine) => engine.scheduler.submit(request),
+            None => Err(Error::unavailable(format!(
+                "model '{}' is unloading",
+                self.name
+            ))),
+        }
     }
 
     /// Whether the model takes a batch dimension.

@@ -1,19 +1,20 @@
 //! The lifecycle manager: loads model versions through their backends, keeps the routing
 //! table (model, version) → live model, and reports every model's state.
 
+mod lifecycle;
 mod live;
 mod reshape;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use crate::config::{self, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::plugins::Plugins;
-use crate::repository::{self, ModelDir};
+pub use lifecycle::{LoadOverride, LoadValue};
 pub use live::{LiveModel, TensorSpec};
 
 /// A model version's state, as the repository index reports it.
@@ -55,32 +56,35 @@ pub struct IndexEntry {
 }
 
 /// A version's place in the routing table.
+#[derive(Clone)]
 struct VersionRecord {
     /// Its state.
     state: ModelState,
-    /// Why it is not ready.
+    /// Why it is not ready, or why a reload of it failed while it kept serving.
     reason: String,
     /// The loaded version, when ready.
     live: Option<Arc<LiveModel>>,
+    /// Fingerprint of the version folder it was loaded from.
+    fingerprint: u64,
 }
 
 /// A model's place in the routing table.
 #[derive(Default)]
 struct ModelRecord {
+    /// The folder the model is loaded from.
+    dir: PathBuf,
+    /// A config given through the load API instead of config.pbtxt.
+    config_override: Option<ModelConfig>,
+    /// The temporary folder holding files uploaded through the load API.
+    uploaded: Option<Arc<tempfile::TempDir>>,
+    /// Fingerprint of the folder at the last load attempt.
+    fingerprint: Option<crate::repository::Fingerprint>,
+    /// The config the live versions were loaded with.
+    config: Option<ModelConfig>,
     /// Versions by number.
     versions: BTreeMap<i64, VersionRecord>,
     /// A failure that concerns the whole model (config, backend), if any.
     error: Option<String>,
-}
-
-/// A model ready to have its versions loaded.
-struct Prepared {
-    /// The completed, checked config.
-    config: ModelConfig,
-    /// The backend that serves it.
-    backend: Arc<crate::plugins::LoadedBackend>,
-    /// The versions to load, with their folders.
-    versions: Vec<(i64, PathBuf)>,
 }
 
 /// Loads models and routes requests to their live versions.
@@ -93,6 +97,10 @@ pub struct ModelManager {
     auto_complete: bool,
     /// The routing table.
     models: RwLock<BTreeMap<String, ModelRecord>>,
+    /// Versions taken out of the table whose in-flight requests may still be running.
+    draining: Mutex<Vec<(String, i64, Weak<LiveModel>)>>,
+    /// Serializes loads, unloads and rescans; requests never wait on it.
+    lifecycle: Mutex<()>,
 }
 
 impl ModelManager {
@@ -103,126 +111,9 @@ impl ModelManager {
             repositories,
             auto_complete,
             models: RwLock::new(BTreeMap::new()),
+            draining: Mutex::new(Vec::new()),
+            lifecycle: Mutex::new(()),
         }
-    }
-
-    /// Loads every model found in the repositories. A model that fails is recorded as
-    /// unavailable with its reason; the others load regardless. Blocking: run it off the
-    /// async runtime.
-    pub fn load_all(&self) -> Result<()> {
-        let scan = repository::scan(&self.repositories)?;
-        for (name, error) in scan.conflicts {
-            tracing::error!(model = %name, "{}", error.message);
-            self.models.write().insert(
-                name,
-                ModelRecord {
-                    error: Some(error.message),
-                    ..Default::default()
-                },
-            );
-        }
-        for dir in scan.models {
-            let record = self.load_model(&dir);
-            self.models.write().insert(dir.name.clone(), record);
-        }
-        Ok(())
-    }
-
-    fn load_model(&self, dir: &ModelDir) -> ModelRecord {
-        match self.prepare(dir) {
-            Err(e) => {
-                tracing::error!(model = %dir.name, "failed to load: {}", e.message);
-                ModelRecord {
-                    error: Some(e.message),
-                    ..Default::default()
-                }
-            }
-            Ok(Prepared {
-                config,
-                backend,
-                versions,
-            }) => {
-                let mut record = ModelRecord::default();
-                for (version, path) in versions {
-                    let loaded =
-                        LiveModel::load(&config, Arc::clone(&backend), &dir.path, version, &path);
-                    let entry = match loaded {
-                        Ok(live) => {
-                            tracing::info!(model = %dir.name, version, "loaded, ready");
-                            VersionRecord {
-                                state: ModelState::Ready,
-                                reason: String::new(),
-                                live: Some(Arc::new(live)),
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(model = %dir.name, version, "failed to load: {}", e.message);
-                            VersionRecord {
-                                state: ModelState::Unavailable,
-                                reason: e.message,
-                                live: None,
-                            }
-                        }
-                    };
-                    record.versions.insert(version, entry);
-                }
-                record
-            }
-        }
-    }
-
-    /// Reads and completes a model's config, loads its backend and picks its versions.
-    fn prepare(&self, dir: &ModelDir) -> Result<Prepared> {
-        let folders = repository::version_folders(&dir.path)?;
-        let mut config = match repository::read_config(&dir.path)? {
-            Some(config) => config,
-            None if self.auto_complete => ModelConfig::default(),
-            None => {
-                return Err(Error::invalid(format!(
-                    "model folder '{}' has no {} and config auto-complete is off \
-                     (--strict-model-config=true or --disable-auto-complete-config)",
-                    dir.path.display(),
-                    repository::CONFIG_FILE
-                )));
-            }
-        };
-        if config.backend.is_empty() && config.platform.is_empty() {
-            match repository::guess_backend(&folders) {
-                Some(backend) => config.backend = backend.to_string(),
-                None => {
-                    return Err(Error::invalid(format!(
-                        "model '{}' names no backend or platform, and no model file in its version \
-                         folders identifies one",
-                        dir.name
-                    )));
-                }
-            }
-        }
-        let backend = self.plugins.get(&config::backend_name(&config)?)?;
-        if self.auto_complete {
-            config = live::auto_complete(&backend, config, &dir.name, &dir.path, &folders)?;
-        }
-        config::normalize(&mut config, &dir.name)?;
-        for field in config::unimplemented_fields(&config) {
-            tracing::warn!(model = %dir.name, "config field '{field}' is not implemented yet and has no effect");
-        }
-        let available: Vec<i64> = folders.keys().copied().collect();
-        let selected = repository::select_versions(config.version_policy.as_ref(), &available);
-        if selected.is_empty() {
-            return Err(Error::invalid(format!(
-                "model '{}' has no version folder that its version policy selects (found {:?})",
-                dir.name, available
-            )));
-        }
-        let versions = selected
-            .into_iter()
-            .filter_map(|v| folders.get(&v).map(|p| (v, p.clone())))
-            .collect();
-        Ok(Prepared {
-            config,
-            backend,
-            versions,
-        })
     }
 
     /// The live model for a request: the given version, or the highest ready one.
@@ -306,15 +197,46 @@ impl ModelManager {
                 });
             }
         }
+        drop(models);
+        let mut draining = self.draining.lock();
+        draining.retain(|(_, _, weak)| weak.strong_count() > 0);
+        for (name, version, _) in draining.iter() {
+            let listed = rows
+                .iter()
+                .any(|r| &r.name == name && r.version == Some(*version));
+            if !listed {
+                rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: Some(*version),
+                    state: ModelState::Unloading,
+                    reason: "finishing in-flight requests".to_string(),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         rows
     }
 
     /// Unloads everything; in-flight requests finish first.
     pub fn unload_all(&self) {
+        let _lifecycle = self.lifecycle.lock();
         let drained: Vec<ModelRecord> = {
             let mut models = self.models.write();
             std::mem::take(&mut *models).into_values().collect()
         };
         drop(drained);
+    }
+
+    /// Takes versions out of service: they finish their in-flight requests, then unload.
+    fn retire(&self, name: &str, versions: impl IntoIterator<Item = (i64, Arc<LiveModel>)>) {
+        let mut draining = self.draining.lock();
+        for (version, live) in versions {
+            tracing::info!(
+                model = name,
+                version,
+                "unloading (after in-flight requests finish)"
+            );
+            draining.push((name.to_string(), version, Arc::downgrade(&live)));
+        }
     }
 }

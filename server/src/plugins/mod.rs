@@ -17,12 +17,23 @@ pub use host::ServerHost;
 
 /// A backend library, loaded and its backend object created.
 pub struct LoadedBackend {
+    /// The backend object.
+    pub backend: BackendBox,
     /// The backend's name (its folder in the backend directory).
     pub name: String,
     /// The library file it came from.
     pub path: PathBuf,
-    /// The backend object.
-    pub backend: BackendBox,
+    /// Size, modification time and inode of that file when it was loaded.
+    stamp: FileStamp,
+}
+
+/// What identifies one version of a library file on disk.
+type FileStamp = (u64, i64, i64, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
 }
 
 /// The backend directory and the backends loaded from it so far.
@@ -36,6 +47,11 @@ pub struct Plugins {
     /// Backends loaded so far, by name. Failures are not cached, so a library dropped in
     /// later is found on the next load.
     loaded: Mutex<HashMap<String, Arc<LoadedBackend>>>,
+    /// Private copies of the libraries, so that a replaced file is loaded afresh rather
+    /// than handed back from the dynamic loader's cache.
+    copies: tempfile::TempDir,
+    /// Numbers the private copies.
+    copy_count: std::sync::atomic::AtomicU64,
 }
 
 impl Plugins {
@@ -44,13 +60,18 @@ impl Plugins {
         dir: PathBuf,
         configs: HashMap<String, serde_json::Value>,
         host: ServerHost,
-    ) -> Self {
-        Plugins {
+    ) -> std::io::Result<Self> {
+        let copies = tempfile::Builder::new()
+            .prefix("ferrum-backends-")
+            .tempdir()?;
+        Ok(Plugins {
             dir,
             configs,
             host,
             loaded: Mutex::new(HashMap::new()),
-        }
+            copies,
+            copy_count: Default::default(),
+        })
     }
 
     /// The backend directory.
@@ -71,10 +92,17 @@ impl Plugins {
             )));
         }
         let mut loaded = self.loaded.lock();
-        if let Some(backend) = loaded.get(name) {
-            return Ok(Arc::clone(backend));
-        }
         let path = self.library_path(name);
+        let stamp = file_stamp(&path);
+        if let Some(backend) = loaded.get(name) {
+            if Some(backend.stamp) == stamp {
+                return Ok(Arc::clone(backend));
+            }
+            tracing::info!(
+                backend = name,
+                "backend library changed on disk; models loaded from now on use the new one"
+            );
+        }
         let backend = Arc::new(self.load(name, &path)?);
         tracing::info!(backend = name, path = %path.display(), "loaded backend library");
         loaded.insert(name.to_string(), Arc::clone(&backend));
@@ -89,7 +117,25 @@ impl Plugins {
                 self.dir.display()
             )));
         }
-        let header = lib_header_from_path(path).map_err(|e| library_error(name, path, e))?;
+        let stamp = file_stamp(path).ok_or_else(|| {
+            Error::unavailable(format!(
+                "backend '{name}' library '{}' cannot be read",
+                path.display()
+            ))
+        })?;
+        // Load from a private copy: the dynamic loader hands back an already-loaded library
+        // for a path it has seen, so a replaced file would otherwise never be picked up.
+        let n = self
+            .copy_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let copy = self.copies.path().join(format!("libferrum_{name}.{n}.so"));
+        std::fs::copy(path, &copy).map_err(|e| {
+            Error::unavailable(format!(
+                "backend '{name}' library '{}' cannot be copied for loading: {e}",
+                path.display()
+            ))
+        })?;
+        let header = lib_header_from_path(&copy).map_err(|e| library_error(name, path, e))?;
         let root = header
             .init_root_module::<BackendLibRef>()
             .map_err(|e| library_error(name, path, e))?;
@@ -116,9 +162,10 @@ impl Plugins {
                 ))
             })?;
         Ok(LoadedBackend {
+            backend,
             name: name.to_string(),
             path: path.to_path_buf(),
-            backend,
+            stamp,
         })
     }
 }

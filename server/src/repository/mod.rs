@@ -1,12 +1,16 @@
 //! The model repository on disk: model folders, their config.pbtxt, numbered version folders,
 //! and the version policy that picks which versions to serve.
 
+mod fingerprint;
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ModelConfig, ModelVersionPolicy};
 use crate::error::{Error, Result};
 use crate::proto::inference::model_version_policy::PolicyChoice;
+pub use fingerprint::{Fingerprint, fingerprint};
 
 /// The name of a model's configuration file.
 pub const CONFIG_FILE: &str = "config.pbtxt";
