@@ -43,7 +43,7 @@ fn model_config_descriptor() -> Result<MessageDescriptor> {
 pub fn parse_text(text: &str) -> Result<ModelConfig> {
     let text = text::add_list_colons(text);
     let dynamic = DynamicMessage::parse_text_format(model_config_descriptor()?, &text)
-        .map_err(|e| Error::invalid(format!("config.pbtxt does not parse: {e}")))?;
+        .map_err(|e| Error::invalid(format!("not valid protobuf text format: {e}")))?;
     from_dynamic(&dynamic)
 }
 
