@@ -115,3 +115,54 @@ fn broken_libraries_are_refused_with_clear_errors() {
     assert!(server.is_running());
     assert!(server.terminate().success());
 }
+
+#[test]
+fn backend_libraries_dropped_in_or_replaced_at_run_time() {
+    let repo = tempfile::tempdir().unwrap();
+    let backends = tempfile::tempdir().unwrap();
+    let params = [("mode", "error_execute")];
+    write_model(
+        repo.path(),
+        "late",
+        &identity_config("late", "late", &params),
+    );
+    let server = Server::start(
+        repo.path(),
+        backends.path(),
+        &["--model-control-mode", "explicit", "--load-model", "*"],
+    );
+    let reason = server.index_row("late")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("not found"), "{reason}");
+
+    // Dropped in while running: found the next time a model names it.
+    install_backend(backends.path(), "late", &built_library("identity"));
+    let (status, body) = server.post("/v2/repository/models/late/load", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post("/v2/models/late/infer", &identity_request(&[7.0]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([7.0]));
+
+    // Replaced while in use: the serving model keeps its code, a reload gets the new code
+    // (the testing backend, which honours mode=error_execute).
+    install_backend(backends.path(), "late", &built_library("testing"));
+    let (status, _) = server.post("/v2/models/late/infer", &identity_request(&[7.0]));
+    assert_eq!(
+        status, 200,
+        "the serving model must keep running its loaded code"
+    );
+    let (status, body) = server.post("/v2/repository/models/late/load", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post("/v2/models/late/infer", &identity_request(&[7.0]));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("testing backend refuses"),
+        "{body}"
+    );
+    assert!(server.terminate().success());
+}

@@ -197,7 +197,18 @@ impl ModelManager {
                 });
             }
         }
+        let listed: std::collections::HashSet<String> = models.keys().cloned().collect();
         drop(models);
+        if let Ok(scan) = crate::repository::scan(&self.repositories) {
+            for dir in scan.models.into_iter().filter(|d| !listed.contains(&d.name)) {
+                rows.push(IndexEntry {
+                    name: dir.name,
+                    version: None,
+                    state: ModelState::Unavailable,
+                    reason: "not loaded".to_string(),
+                });
+            }
+        }
         let mut draining = self.draining.lock();
         draining.retain(|(_, _, weak)| weak.strong_count() > 0);
         for (name, version, _) in draining.iter() {
