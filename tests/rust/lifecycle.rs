@@ -47,6 +47,53 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert_eq!(body["outputs"][0]["data"], json!([4.0, 2.0]));
 }
 
+#[test]
+fn unloading_lets_in_flight_requests_finish() {
+    let repo = tempfile::tempdir().unwrap();
+    let backends = tempfile::tempdir().unwrap();
+    let marker = repo.path().join("started");
+    install_backend(backends.path(), "testing", &built_library("testing"));
+    let marker_text = marker.to_string_lossy().to_string();
+    let config = identity_config(
+        "slow",
+        "testing",
+        &[("sleep_ms", "1000"), ("marker_file", &marker_text)],
+    );
+    write_model(repo.path(), "slow", &config);
+    let server = Server::start(
+        repo.path(),
+        backends.path(),
+        &["--model-control-mode", "explicit", "--load-model", "slow"],
+    );
+
+    let url = format!("{}/v2/models/slow/infer", server.http);
+    let in_flight = std::thread::spawn(move || {
+        let response = ureq::post(&url)
+            .send_json(identity_request(&[3.0]))
+            .expect("in-flight request");
+        response
+            .into_json::<serde_json::Value>()
+            .expect("JSON response")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never started executing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, body) = server.post("/v2/repository/models/slow/unload", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post("/v2/models/slow/infer", &identity_request(&[3.0]));
+    assert_eq!(status, 503, "new requests after unload: {body}");
+    assert_eq!(
+        in_flight.join().unwrap()["outputs"][0]["data"],
+        json!([3.0])
+    );
+    assert!(server.terminate().success());
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -105,3 +105,64 @@ fn models_without_config() {
     assert!(reason.contains("auto-complete is off"), "{reason}");
     assert!(strict.terminate().success());
 }
+
+#[test]
+fn version_folders_come_and_go_under_the_all_policy() {
+    let repo = tempfile::tempdir().unwrap();
+    let backends = tempfile::tempdir().unwrap();
+    install_backend(backends.path(), "identity", &built_library("identity"));
+    let config = format!(
+        "{}version_policy: {{ all {{ }} }}\n",
+        identity_config("multi", "identity", &[])
+    );
+    write_model(repo.path(), "multi", &config);
+    let server = Server::start(
+        repo.path(),
+        backends.path(),
+        &[
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "1",
+        ],
+    );
+    let versions = |server: &Server| server.get("/v2/models/multi").1["versions"].clone();
+    assert_eq!(versions(&server), json!(["1"]));
+
+    std::fs::create_dir_all(repo.path().join("multi/2")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while versions(&server) != json!(["1", "2"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 2 never loaded: {}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, _) = server.post(
+        "/v2/models/multi/versions/1/infer",
+        &identity_request(&[1.0]),
+    );
+    assert_eq!(status, 200);
+
+    std::fs::remove_dir_all(repo.path().join("multi/1")).unwrap();
+    while versions(&server) != json!(["2"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 1 never unloaded: {}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, body) = server.post(
+        "/v2/models/multi/versions/1/infer",
+        &identity_request(&[1.0]),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = server.post(
+        "/v2/models/multi/versions/2/infer",
+        &identity_request(&[1.0]),
+    );
+    assert_eq!(status, 200);
+    assert!(server.terminate().success());
+}
