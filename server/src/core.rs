@@ -322,7 +322,7 @@ impl Core {
         let requested = request.outputs.clone();
         let id = request.id.clone();
         let mut responses = model.submit(request)?;
-        let mut first: Option<Response> = None;
+        let mut first: Option<crate::scheduler::Outputs> = None;
         loop {
             let message = responses.recv().await.ok_or_else(|| {
                 Error::internal("the backend ended the request without a final response")
@@ -336,52 +336,30 @@ impl Core {
             }
         }
         let response = first.unwrap_or_default();
-        let outputs = collect_outputs(model, response.outputs.into_vec(), &requested)?;
+        let outputs = collect_outputs(model, response.outputs, &requested)?;
         Ok(InferResponse {
             model_name: model.name.clone(),
             model_version: model.version,
             id,
-            parameters: response.parameters.into_vec(),
+            parameters: response.parameters,
             outputs,
         })
     }
 }
 
-/// Keeps the requested outputs (all when none were named), checking each buffer's size.
+/// Keeps the requested outputs (all when none were named), in the client's shapes.
 fn collect_outputs(
     model: &LiveModel,
-    outputs: Vec<OutputTensor>,
+    outputs: Vec<OutputData>,
     requested: &[String],
 ) -> Result<Vec<OutputData>> {
     let mut kept = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let name = output.name.as_str();
-        if !requested.is_empty() && !requested.iter().any(|r| r == name) {
+    for mut output in outputs {
+        if !requested.is_empty() && !requested.iter().any(|r| r == &output.name) {
             continue;
         }
-        let count = element_count(name, &output.shape).map_err(|e| {
-            Error::internal(format!("model '{}' output: {}", model.name, e.message))
-        })?;
-        let consistent = match output.datatype.element_size() {
-            Some(size) => count.checked_mul(size) == Some(output.data.len()),
-            None => ferrum_backend_api::bytes::decode(&output.data)
-                .is_ok_and(|items| items.len() == count),
-        };
-        if !consistent {
-            return Err(Error::internal(format!(
-                "model '{}' produced output '{name}' whose {} bytes do not match its shape {:?} and type {}",
-                model.name,
-                output.data.len(),
-                output.shape.as_slice(),
-                output.datatype
-            )));
-        }
-        kept.push(OutputData {
-            name: name.to_string(),
-            datatype: output.datatype,
-            shape: model.to_client_shape(name, output.shape.into_vec())?,
-            data: Bytes::from_owner(output.data),
-        });
+        output.shape = model.to_client_shape(&output.name, output.shape)?;
+        kept.push(output);
     }
     if let Some(missing) = requested
         .iter()

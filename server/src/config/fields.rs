@@ -18,6 +18,7 @@ const MODEL_FIELDS: &[&str] = &[
     "instance_group",
     "default_model_filename",
     "parameters",
+    "dynamic_batching",
 ];
 
 /// Fields of an input the server implements.
@@ -86,7 +87,7 @@ mod tests {
 name: "m"
 max_batch_size: 4
 input [ { name: "A" data_type: TYPE_FP32 dims: [ 2 ] is_shape_tensor: true } ]
-dynamic_batching { }
+sequence_batching { }
 "#,
         )
         .unwrap();
@@ -94,8 +95,8 @@ dynamic_batching { }
         assert_eq!(
             found,
             vec![
-                "input[A].reshape".to_string(),
-                "dynamic_batching".to_string()
+                "input[A].is_shape_tensor".to_string(),
+                "sequence_batching".to_string()
             ]
         );
     }

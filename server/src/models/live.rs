@@ -182,7 +182,7 @@ impl LiveModel {
                 index += 1;
             }
         }
-        let scheduler = Scheduler::start(&config.name, instances)?;
+        let scheduler = Scheduler::start(config, instances)?;
         let inputs = specs(config.input.iter().map(|t| {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
             (

@@ -200,7 +200,11 @@ impl ModelManager {
         let listed: std::collections::HashSet<String> = models.keys().cloned().collect();
         drop(models);
         if let Ok(scan) = crate::repository::scan(&self.repositories) {
-            for dir in scan.models.into_iter().filter(|d| !listed.contains(&d.name)) {
+            for dir in scan
+                .models
+                .into_iter()
+                .filter(|d| !listed.contains(&d.name))
+            {
                 rows.push(IndexEntry {
                     name: dir.name,
                     version: None,

@@ -1,6 +1,9 @@
-//! Runs requests on a model's instances. Each instance has a thread of its own that takes the
-//! next queued request and executes it, so backend code never runs on the async runtime.
+//! Runs requests on a model's instances. Each instance has a thread of its own, so backend
+//! code never runs on the async runtime. Without dynamic batching the instances take requests
+//! straight from a shared queue; with it, a batcher thread owns the queue and hands merged
+//! batches to whichever instance is free.
 
+mod dynamic_batcher;
 mod responder;
 
 use std::thread::JoinHandle;
@@ -11,44 +14,68 @@ use ferrum_backend_api::{
 };
 use tokio::sync::mpsc;
 
+use crate::config::ModelConfig;
 use crate::core::InferRequest;
 use crate::error::{Error, Result};
-pub use responder::ResponseMessage;
-use responder::channel_responder;
+pub use dynamic_batcher::BatchPolicy;
+use responder::{Destination, responder};
+pub use responder::{Outputs, ResponseMessage};
 
-/// A queued request and where its responses go.
-pub struct Job {
-    /// The validated request.
+/// One execution for an instance: a request (possibly several merged along the batch
+/// dimension) and where its responses go.
+pub struct Work {
+    /// The request the backend sees.
     pub request: InferRequest,
-    /// Receives the request's responses.
-    pub responses: mpsc::UnboundedSender<ResponseMessage>,
+    /// The requests behind it, in batch order.
+    pub dests: Vec<Destination>,
+}
+
+/// The way into a model version's instances.
+enum Entry {
+    /// Requests go straight to the instances' shared queue.
+    Direct(crossbeam_channel::Sender<Work>),
+    /// Requests go to the dynamic batcher.
+    Batched(dynamic_batcher::Handle),
 }
 
 /// The queue in front of a model version's instances, and their threads.
 pub struct Scheduler {
-    /// Hands jobs to whichever instance is free; dropped to stop the threads.
-    queue: Option<crossbeam_channel::Sender<Job>>,
-    /// One thread per instance.
+    /// Where requests enter; dropped to stop everything.
+    entry: Option<Entry>,
+    /// The instance threads (and the batcher's, when there is one).
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Scheduler {
-    /// Starts one thread per instance.
-    pub fn start(model: &str, instances: Vec<(String, InstanceBox)>) -> Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let mut threads = Vec::with_capacity(instances.len());
+    /// Starts one thread per instance, and a batcher when the config asks for one.
+    pub fn start(config: &ModelConfig, instances: Vec<(String, InstanceBox)>) -> Result<Self> {
+        let model = &config.name;
+        let policy = BatchPolicy::from_config(config)?;
+        let (work_tx, work_rx) = crossbeam_channel::unbounded::<Work>();
+        let (idle_tx, idle_rx) = crossbeam_channel::unbounded::<()>();
+        let batching = policy.is_some();
+        let mut threads = Vec::with_capacity(instances.len() + 1);
         for (name, instance) in instances {
-            let rx = rx.clone();
+            let rx = work_rx.clone();
+            let idle = batching.then(|| idle_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
-                .spawn(move || run_instance(instance, rx))
+                .spawn(move || run_instance(instance, rx, idle))
                 .map_err(|e| {
                     Error::internal(format!("cannot start a thread for model '{model}': {e}"))
                 })?;
             threads.push(thread);
         }
+        let entry = match policy {
+            None => Entry::Direct(work_tx),
+            Some(policy) => {
+                let (handle, thread) = dynamic_batcher::start(model, policy, work_tx, idle_rx)?;
+                threads.push(thread);
+                Entry::Batched(handle)
+            }
+        };
         Ok(Scheduler {
-            queue: Some(tx),
+            entry: Some(entry),
             threads,
         })
     }
@@ -59,94 +86,77 @@ impl Scheduler {
         request: InferRequest,
     ) -> Result<mpsc::UnboundedReceiver<ResponseMessage>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| Error::unavailable("model is unloading"))?;
-        queue
-            .send(Job {
-                request,
-                responses: tx,
-            })
-            .map_err(|_| Error::unavailable("model has no running instances"))?;
+        match &self.entry {
+            None => return Err(Error::unavailable("model is unloading")),
+            Some(Entry::Direct(queue)) => queue
+                .send(Work {
+                    request,
+                    dests: vec![Destination::single(tx)],
+                })
+                .map_err(|_| Error::unavailable("model has no running instances"))?,
+            Some(Entry::Batched(batcher)) => batcher.submit(request, tx)?,
+        }
         Ok(rx)
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        // Closing the queue lets every instance finish what is queued, then stop.
-        self.queue = None;
+        // Closing the entry lets the batcher and the instances finish what is queued, then stop.
+        self.entry = None;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn run_instance(mut instance: InstanceBox, queue: crossbeam_channel::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        execute(&mut instance, std::slice::from_ref(&job));
+fn run_instance(
+    mut instance: InstanceBox,
+    queue: crossbeam_channel::Receiver<Work>,
+    idle: Option<crossbeam_channel::Sender<()>>,
+) {
+    loop {
+        if let Some(idle) = &idle {
+            let _ = idle.send(());
+        }
+        let Ok(work) = queue.recv() else { return };
+        execute(&mut instance, work);
     }
 }
 
-/// Executes a batch of jobs on one instance and makes sure every request gets an answer.
-fn execute(instance: &mut InstanceBox, jobs: &[Job]) {
-    let responders: Vec<_> = jobs
+/// Executes one piece of work and makes sure every request behind it gets an answer.
+fn execute(instance: &mut InstanceBox, work: Work) {
+    let Work { request, dests } = work;
+    let (responder, state) = responder(dests);
+    let inputs: Vec<Tensor<'_>> = request
+        .inputs
         .iter()
-        .map(|job| channel_responder(job.responses.clone()))
-        .collect();
-    let tensors: Vec<Vec<Tensor<'_>>> = jobs
-        .iter()
-        .map(|job| {
-            job.request
-                .inputs
-                .iter()
-                .map(|t| Tensor {
-                    name: RStr::from_str(&t.name),
-                    datatype: t.datatype,
-                    shape: RSlice::from_slice(&t.shape),
-                    data: RSlice::from_slice(&t.data),
-                    memory: Memory::CPU,
-                })
-                .collect()
+        .map(|t| Tensor {
+            name: RStr::from_str(&t.name),
+            datatype: t.datatype,
+            shape: RSlice::from_slice(&t.shape),
+            data: RSlice::from_slice(&t.data),
+            memory: Memory::CPU,
         })
         .collect();
-    let outputs: Vec<Vec<RStr<'_>>> = jobs
-        .iter()
-        .map(|job| {
-            job.request
-                .outputs
-                .iter()
-                .map(|o| RStr::from_str(o))
-                .collect()
-        })
-        .collect();
-    let requests: Vec<Request<'_>> = jobs
-        .iter()
-        .zip(&responders)
-        .zip(tensors.iter().zip(&outputs))
-        .map(|((job, (responder, _)), (inputs, outputs))| {
-            let (correlation_id, flags) = sequence_fields(&job.request);
-            Request {
-                id: RStr::from_str(&job.request.id),
-                correlation_id,
-                flags,
-                parameters: RSlice::from_slice(&job.request.parameters),
-                inputs: RSlice::from_slice(inputs),
-                requested_outputs: RSlice::from_slice(outputs),
-                responder: responder.clone(),
-            }
-        })
-        .collect();
+    let outputs: Vec<RStr<'_>> = request.outputs.iter().map(|o| RStr::from_str(o)).collect();
+    let (correlation_id, flags) = sequence_fields(&request);
+    let requests = [Request {
+        id: RStr::from_str(&request.id),
+        correlation_id,
+        flags,
+        parameters: RSlice::from_slice(&request.parameters),
+        inputs: RSlice::from_slice(&inputs),
+        requested_outputs: RSlice::from_slice(&outputs),
+        responder,
+    }];
     let result = instance
         .execute(RSlice::from_slice(&requests))
         .into_result();
     drop(requests);
-    for (_, state) in &responders {
-        match &result {
-            Err(e) => state.fail(e.clone()),
-            Ok(()) => state.finish_if_silent(),
-        }
+    match result {
+        Err(e) => state.fail(e),
+        Ok(()) => state.finish_if_silent(),
     }
 }
 
