@@ -101,6 +101,55 @@ pub struct Args {
     #[arg(long, default_value_t = 8002, value_name = "PORT")]
     pub metrics_port: u16,
 
+    /// Write informational log messages.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub log_info: bool,
+
+    /// Write warning log messages.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub log_warning: bool,
+
+    /// Write error log messages.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub log_error: bool,
+
+    /// Log line format: default, ISO8601 (both human-readable) or json (one JSON object per line).
+    #[arg(long, default_value = "default", value_parser = ["default", "ISO8601", "json"], value_name = "FORMAT")]
+    pub log_format: String,
+
+    /// Write the log to this file instead of stderr.
+    #[arg(long, default_value = "", value_name = "PATH")]
+    pub log_file: String,
+
+    /// How often CPU and GPU metrics are sampled, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub metrics_interval_ms: u64,
+
+    /// Metrics option KEY=VALUE: histogram_latencies=true adds request latency histograms.
+    #[arg(long = "metrics-config", value_name = "KEY=VALUE")]
+    pub metrics_config: Vec<String>,
+
+    /// Write request traces (Triton's trace JSON) to this file.
+    #[arg(long, value_name = "PATH")]
+    pub trace_file: Option<String>,
+
+    /// Trace level: OFF or TIMESTAMPS (repeatable).
+    #[arg(long, value_name = "LEVEL")]
+    pub trace_level: Vec<String>,
+
+    /// Trace one request in this many.
+    #[arg(long, value_name = "N")]
+    pub trace_rate: Option<u64>,
+
+    /// Stop tracing after this many traces (-1: never).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub trace_count: Option<i64>,
+
+    /// Trace setting as tritonserver's --trace-config: [MODE,]KEY=VALUE, e.g. `level=TIMESTAMPS`,
+    /// `triton,file=/tmp/trace.json`, `mode=opentelemetry`, `opentelemetry,url=http://host:4318/v1/traces`.
+    #[arg(long = "trace-config", value_name = "[MODE,]KEY=VALUE")]
+    pub trace_config: Vec<String>,
+
     /// Verbose logging level; 0 is off, 1 and more add detail.
     #[arg(long, default_value_t = 0, value_name = "LEVEL")]
     pub log_verbose: u32,
@@ -162,5 +211,60 @@ impl Args {
             }
         }
         Ok(configs)
+    }
+}
+
+impl Args {
+    /// The `--metrics-config` setting for a key.
+    pub fn metrics_option(&self, key: &str) -> Option<&str> {
+        self.metrics_config
+            .iter()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The start-up trace settings from the --trace-* flags.
+    pub fn trace_settings(&self) -> Result<crate::trace::TraceSettings, String> {
+        let mut settings = crate::trace::TraceSettings::default();
+        let defaults = settings.clone();
+        let set = |settings: &mut crate::trace::TraceSettings, key: &str, value: Vec<String>| {
+            settings
+                .apply(key, Some(&value), &defaults)
+                .map_err(|e| e.message)
+        };
+        if let Some(file) = &self.trace_file {
+            set(&mut settings, "trace_file", vec![file.clone()])?;
+        }
+        if !self.trace_level.is_empty() {
+            set(&mut settings, "trace_level", self.trace_level.clone())?;
+        }
+        if let Some(rate) = self.trace_rate {
+            set(&mut settings, "trace_rate", vec![rate.to_string()])?;
+        }
+        if let Some(count) = self.trace_count {
+            set(&mut settings, "trace_count", vec![count.to_string()])?;
+        }
+        for entry in &self.trace_config {
+            let (mode, kv) = match entry.split_once(',') {
+                Some((mode, kv)) => (Some(mode), kv),
+                None => (None, entry.as_str()),
+            };
+            let (key, value) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--trace-config '{entry}' is not [MODE,]KEY=VALUE"))?;
+            match (mode, key) {
+                (Some("opentelemetry"), "url") => settings.otel_url = value.to_string(),
+                (Some("opentelemetry"), _) => {}
+                (_, "level") => set(&mut settings, "trace_level", vec![value.to_string()])?,
+                (_, "rate") => set(&mut settings, "trace_rate", vec![value.to_string()])?,
+                (_, "count") => set(&mut settings, "trace_count", vec![value.to_string()])?,
+                (_, "log-frequency") | (_, "log_frequency") => {
+                    set(&mut settings, "log_frequency", vec![value.to_string()])?
+                }
+                (_, "file") => set(&mut settings, "trace_file", vec![value.to_string()])?,
+                (_, "mode") => set(&mut settings, "trace_mode", vec![value.to_string()])?,
+                _ => return Err(format!("--trace-config '{entry}': unknown setting '{key}'")),
+            }
+        }
+        Ok(settings)
     }
 }

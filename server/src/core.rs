@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ferrum_backend_api::{DataType, HostInferRequest, OutputTensor, Parameter, Response};
 
 use crate::error::{Error, Result};
 use crate::models::{IndexEntry, LiveModel, ModelManager};
+use crate::scheduler::RequestTiming;
+use crate::stats::{FailureReason, ModelStats};
 
 /// The server's name in its metadata.
 pub const SERVER_NAME: &str = "ferrum";
@@ -192,21 +195,33 @@ pub struct Core {
     ready: AtomicBool,
     /// Set when shutdown begins.
     shutting_down: AtomicBool,
-    /// Request counters.
-    pub metrics: crate::metrics::Metrics,
+    /// Samples and writes request traces.
+    pub tracer: Arc<crate::trace::Tracer>,
+    /// The log switches the logging extension changes.
+    pub logging: Arc<crate::logging::LogSettings>,
+    /// Metrics fed at request time (latency histograms).
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
     /// How the repository is managed; decides whether the load/unload API is allowed.
     control_mode: crate::cli::ControlMode,
 }
 
 impl Core {
     /// A core over these models, not ready yet.
-    pub fn new(models: Arc<ModelManager>, control_mode: crate::cli::ControlMode) -> Self {
+    pub fn new(
+        models: Arc<ModelManager>,
+        control_mode: crate::cli::ControlMode,
+        tracer: Arc<crate::trace::Tracer>,
+        logging: Arc<crate::logging::LogSettings>,
+        metrics: Arc<crate::metrics::ServerMetrics>,
+    ) -> Self {
         Core {
             control_mode,
             models,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            metrics: Default::default(),
+            tracer,
+            logging,
+            metrics,
         }
     }
 
@@ -301,49 +316,145 @@ impl Core {
             .map_err(|e| Error::internal(format!("model unload was interrupted: {e}")))?
     }
 
+    /// Statistics of the ready versions of one model (or of every model).
+    pub fn statistics(
+        &self,
+        name: Option<&str>,
+        version: Option<i64>,
+    ) -> Result<Vec<Arc<ModelStats>>> {
+        if let Some(name) = name {
+            // Fails with NOT_FOUND / UNAVAILABLE for unknown models and versions.
+            self.models.get(name, version)?;
+        }
+        let ready: std::collections::HashSet<(String, i64)> = self
+            .models
+            .index()
+            .into_iter()
+            .filter(|r| r.state == crate::models::ModelState::Ready)
+            .filter_map(|r| r.version.map(|v| (r.name, v)))
+            .collect();
+        Ok(self
+            .models
+            .stats
+            .all()
+            .into_iter()
+            .filter(|s| ready.contains(&(s.name.clone(), s.version)))
+            .filter(|s| name.is_none_or(|n| s.name == n))
+            .filter(|s| version.is_none_or(|v| s.version == v))
+            .collect())
+    }
+
     /// Runs one inference and returns its response.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        let received = Instant::now();
         let model = self
             .models
             .get(&request.model_name, request.model_version)?;
-        let result = self.infer_on(&model, request).await;
-        self.metrics
-            .record(&model.name, &model.version.to_string(), result.is_ok());
-        result
+        tracing::debug!(model = %model.name, version = model.version, id = %request.id, "inference request");
+        let mut record = InFlight::new(Arc::clone(&model.stats), received);
+        match self.infer_on(&model, request).await {
+            Ok((response, timing)) => {
+                record.succeeded(timing);
+                self.metrics
+                    .observe_latency(&model.name, model.version, received.elapsed());
+                self.tracer
+                    .record(&model.name, model.version, received, timing.as_ref());
+                Ok(response)
+            }
+            Err((error, reason)) => {
+                record.failed(reason);
+                Err(error)
+            }
+        }
     }
 
     async fn infer_on(
         &self,
         model: &Arc<LiveModel>,
         mut request: InferRequest,
-    ) -> Result<InferResponse> {
-        model.validate(&request)?;
-        model.to_backend_shapes(&mut request)?;
+    ) -> std::result::Result<(InferResponse, Option<RequestTiming>), (Error, FailureReason)> {
+        let other = |e: Error| (e, FailureReason::Other);
+        model.validate(&request).map_err(other)?;
+        model.to_backend_shapes(&mut request).map_err(other)?;
         let requested = request.outputs.clone();
         let id = request.id.clone();
-        let mut responses = model.submit(request)?;
+        let mut responses = model
+            .submit(request)
+            .map_err(|e| (e, FailureReason::Rejected))?;
         let mut first: Option<crate::scheduler::Outputs> = None;
-        loop {
+        let timing = loop {
             let message = responses.recv().await.ok_or_else(|| {
-                Error::internal("the backend ended the request without a final response")
+                let e = Error::internal("the backend ended the request without a final response");
+                (e, FailureReason::Backend)
             })?;
-            let response = message.result?;
+            let reason = if message.rejected {
+                FailureReason::Rejected
+            } else {
+                FailureReason::Backend
+            };
+            let response = message.result.map_err(|e| (e, reason))?;
             if first.is_none() {
                 first = Some(response);
             }
             if message.is_final {
-                break;
+                break message.timing;
             }
-        }
+        };
         let response = first.unwrap_or_default();
-        let outputs = collect_outputs(model, response.outputs, &requested)?;
-        Ok(InferResponse {
+        let outputs = collect_outputs(model, response.outputs, &requested)
+            .map_err(|e| (e, FailureReason::Backend))?;
+        let response = InferResponse {
             model_name: model.name.clone(),
             model_version: model.version,
             id,
             parameters: response.parameters,
             outputs,
-        })
+        };
+        Ok((response, timing))
+    }
+}
+
+/// Accounts for one request in its model's statistics, whichever way it ends; a request
+/// dropped before it finished (its client went away) counts as cancelled.
+struct InFlight {
+    /// The model version's statistics.
+    stats: Arc<ModelStats>,
+    /// When the request arrived.
+    received: Instant,
+    /// Whether the outcome is already recorded.
+    done: bool,
+}
+
+impl InFlight {
+    fn new(stats: Arc<ModelStats>, received: Instant) -> Self {
+        stats.pending.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats,
+            received,
+            done: false,
+        }
+    }
+
+    fn succeeded(&mut self, timing: Option<RequestTiming>) {
+        let timing = timing.unwrap_or_default();
+        self.stats
+            .record_success(self.received.elapsed(), timing.queue, timing.compute);
+        self.done = true;
+    }
+
+    fn failed(&mut self, reason: FailureReason) {
+        self.stats.record_failure(self.received.elapsed(), reason);
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats
+                .record_failure(self.received.elapsed(), FailureReason::Canceled);
+        }
+        self.stats.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

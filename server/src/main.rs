@@ -1,23 +1,23 @@
 //! The `ferrum` executable.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let args = ferrum::cli::Args::parse();
-    let default_level = match args.log_verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let logging = match ferrum::logging::init(
+        args.log_info,
+        args.log_warning,
+        args.log_error,
+        args.log_verbose,
+        &args.log_format,
+        &args.log_file,
+    ) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    let filter =
-        EnvFilter::try_from_env("FERRUM_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferrum::server::run(args)) {
+    match runtime.block_on(ferrum::server::run(args, logging)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -47,7 +48,7 @@ async fn shutdown_signal() {
 }
 
 /// Runs the server until SIGINT/SIGTERM, then lets in-flight requests finish and returns.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyhow::Result<()> {
     let backend_configs = args.backend_configs().map_err(anyhow::Error::msg)?;
     let backend_dir = args.backend_directory();
     tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", crate::core::SERVER_VERSION);
@@ -61,7 +62,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.model_repository.clone(),
         args.auto_complete(),
     ));
-    let core = Arc::new(Core::new(Arc::clone(&models), args.model_control_mode));
+    let tracer = Arc::new(crate::trace::Tracer::new(
+        args.trace_settings().map_err(anyhow::Error::msg)?,
+    ));
+    let metrics = Arc::new(
+        crate::metrics::ServerMetrics::new(
+            Arc::clone(&models.stats),
+            Duration::from_millis(args.metrics_interval_ms),
+            args.metrics_option("histogram_latencies") == Some("true"),
+        )
+        .context("cannot set up metrics")?,
+    );
+    let core = Arc::new(Core::new(
+        Arc::clone(&models),
+        args.model_control_mode,
+        tracer,
+        logging,
+        Arc::clone(&metrics),
+    ));
     host.attach(&core, tokio::runtime::Handle::current());
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -75,10 +93,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .context("HTTP server failed")
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(signal)
+            .await
+            .context("HTTP server failed")
         }));
     }
     if args.allow_grpc {
@@ -90,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     signal,
                 )
                 .await
@@ -100,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.allow_metrics {
         let listener = bind(&args.metrics_address, args.metrics_port, "metrics").await?;
         tracing::info!("metrics service listening on {}", listener.local_addr()?);
-        let app = metrics_router(Arc::clone(&core));
+        let app = metrics_router(Arc::clone(&metrics));
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             axum::serve(listener, app)
@@ -162,18 +185,18 @@ async fn follow_repository(
     }
 }
 
-fn metrics_router(core: Arc<Core>) -> axum::Router {
+fn metrics_router(metrics: Arc<crate::metrics::ServerMetrics>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let core = Arc::clone(&core);
+            let metrics = Arc::clone(&metrics);
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
+                        "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    core.metrics.render(),
+                    metrics.render(),
                 )
             }
         }),

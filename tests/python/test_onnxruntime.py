@@ -475,6 +475,8 @@ parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 parameters { key: "inter_op_thread_count" value: { string_value: "1" } }
 parameters { key: "execution_mode" value: { string_value: "1" } }
 parameters { key: "enable_mem_pattern" value: { string_value: "0" } }
+parameters { key: "enable_mem_arena" value: { string_value: "0" } }
+parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }
 """,
     )
     _variant(repo, "mlp_backend_key", MLP_IO.replace('platform: "onnxruntime_onnx"', 'backend: "onnxruntime"'))
@@ -523,6 +525,32 @@ parameters { key: "enable_mem_pattern" value: { string_value: "0" } }
                     return xi, r.as_numpy("OUTPUT0")
             for xi, got in pool.map(one, range(12)):
                 assert_matches(got, reference("onnx_mlp", {"INPUT0": xi})["OUTPUT0"], "mlp_tuned")
+    finally:
+        srv.stop_and_check()
+
+
+def test_dynamic_batching_merges_requests(tmp_path):
+    """With dynamic batching the server merges concurrent requests into one run of the model;
+    every client still gets exactly its own rows back."""
+    repo = tmp_path / "models"
+    _variant(repo, "mlp_batched", MLP_IO + "dynamic_batching { max_queue_delay_microseconds: 20000 }\n")
+    srv = start_server(repo, log_dir=tmp_path / "logs")
+    try:
+        def one(i):
+            protocol = PROTOCOLS[i % 2]
+            rows = 1 + i % 3
+            x = np.random.default_rng(100 + i).standard_normal((rows, 16)).astype(np.float32)
+            if protocol == "http":
+                with httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT) as c:
+                    r = infer("http", {"http": c}, "mlp_batched", {"INPUT0": (x, "FP32")})
+            else:
+                with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+                    r = infer("grpc", {"grpc": c}, "mlp_batched", {"INPUT0": (x, "FP32")})
+            return x, r.as_numpy("OUTPUT0")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for x, got in pool.map(one, range(32)):
+                assert_matches(got, reference("onnx_mlp", {"INPUT0": x})["OUTPUT0"], "mlp_batched")
     finally:
         srv.stop_and_check()
 

@@ -19,6 +19,8 @@ const MODEL_FIELDS: &[&str] = &[
     "default_model_filename",
     "parameters",
     "dynamic_batching",
+    // Handed to the backend, which applies what it supports (e.g. onnxruntime's graph level).
+    "optimization",
 ];
 
 /// Fields of an input the server implements.

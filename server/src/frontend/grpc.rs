@@ -416,6 +416,148 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> GrpcResult<ModelStatisticsResponse> {
+        let r = request.into_inner();
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let stats = self
+            .core
+            .statistics(name, parse_version(&r.version)?)
+            .map_err(status_of)?;
+        let duration = |t: &crate::stats::Tally| {
+            let (count, ns) = t.get();
+            Some(StatisticDuration { count, ns })
+        };
+        let model_stats = stats
+            .iter()
+            .map(|s| ModelStatistics {
+                name: s.name.clone(),
+                version: s.version.to_string(),
+                last_inference: s
+                    .last_inference_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                inference_count: s.inference_count.load(std::sync::atomic::Ordering::Relaxed),
+                execution_count: s.execution_count.load(std::sync::atomic::Ordering::Relaxed),
+                inference_stats: Some(InferStatistics {
+                    success: duration(&s.success),
+                    fail: duration(&s.fail),
+                    queue: duration(&s.queue),
+                    compute_input: duration(&s.compute_input),
+                    compute_infer: duration(&s.compute_infer),
+                    compute_output: duration(&s.compute_output),
+                    cache_hit: Some(StatisticDuration::default()),
+                    cache_miss: Some(StatisticDuration::default()),
+                }),
+                batch_stats: s
+                    .batches()
+                    .into_iter()
+                    .map(|(size, b)| InferBatchStatistics {
+                        batch_size: size,
+                        compute_input: Some(StatisticDuration {
+                            count: b.count,
+                            ns: b.input_ns,
+                        }),
+                        compute_infer: Some(StatisticDuration {
+                            count: b.count,
+                            ns: b.infer_ns,
+                        }),
+                        compute_output: Some(StatisticDuration {
+                            count: b.count,
+                            ns: b.output_ns,
+                        }),
+                    })
+                    .collect(),
+                memory_usage: Vec::new(),
+                response_stats: HashMap::new(),
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn log_settings(
+        &self,
+        request: Request<LogSettingsRequest>,
+    ) -> GrpcResult<LogSettingsResponse> {
+        use crate::proto::inference::log_settings_request::setting_value::ParameterChoice as In;
+        use crate::proto::inference::log_settings_response::{
+            SettingValue, setting_value::ParameterChoice as Out,
+        };
+        let mut changes = serde_json::Map::new();
+        for (key, value) in request.into_inner().settings {
+            let value = match value.parameter_choice {
+                Some(In::BoolParam(b)) => serde_json::Value::Bool(b),
+                Some(In::Uint32Param(n)) => serde_json::Value::from(n),
+                Some(In::StringParam(s)) => serde_json::Value::String(s),
+                None => continue,
+            };
+            changes.insert(key, value);
+        }
+        let current = if changes.is_empty() {
+            self.core.logging.to_json()
+        } else {
+            self.core.logging.update(&changes).map_err(status_of)?
+        };
+        let settings = current
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, value)| {
+                let choice = match value {
+                    serde_json::Value::Bool(b) => Out::BoolParam(*b),
+                    serde_json::Value::Number(n) => {
+                        Out::Uint32Param(n.as_u64().unwrap_or(0) as u32)
+                    }
+                    serde_json::Value::String(s) => Out::StringParam(s.clone()),
+                    _ => return None,
+                };
+                Some((
+                    key.clone(),
+                    SettingValue {
+                        parameter_choice: Some(choice),
+                    },
+                ))
+            })
+            .collect();
+        Ok(Response::new(LogSettingsResponse { settings }))
+    }
+
+    async fn trace_setting(
+        &self,
+        request: Request<TraceSettingRequest>,
+    ) -> GrpcResult<TraceSettingResponse> {
+        let r = request.into_inner();
+        let model = (!r.model_name.is_empty()).then_some(r.model_name.as_str());
+        if let Some(m) = model {
+            self.core.models.get(m, None).map_err(status_of)?;
+        }
+        let settings = if r.settings.is_empty() {
+            self.core.tracer.settings(model)
+        } else {
+            let changes = r
+                .settings
+                .into_iter()
+                .map(|(key, value)| (key, (!value.value.is_empty()).then_some(value.value)))
+                .collect();
+            self.core
+                .tracer
+                .update(model, &changes)
+                .map_err(status_of)?
+        };
+        let settings = settings
+            .to_map()
+            .into_iter()
+            .map(|(key, value)| {
+                (
+                    key,
+                    crate::proto::inference::trace_setting_response::SettingValue { value },
+                )
+            })
+            .collect();
+        Ok(Response::new(TraceSettingResponse { settings }))
+    }
+
     async fn repository_model_load(
         &self,
         request: Request<RepositoryModelLoadRequest>,

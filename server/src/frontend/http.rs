@@ -83,6 +83,18 @@ pub fn router(core: Arc<Core>, max_body: usize) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_version_stats),
+        )
+        .route("/v2/logging", get(get_logging).post(post_logging))
+        .route("/v2/trace/setting", get(get_trace).post(post_trace))
+        .route(
+            "/v2/models/{model}/trace/setting",
+            get(get_model_trace).post(post_model_trace),
+        )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
@@ -227,6 +239,127 @@ async fn repository_index(
         })
         .collect();
     Ok(axum::Json(Value::Array(rows)))
+}
+
+fn stats_response(
+    core: &Core,
+    model: Option<&str>,
+    version: Option<i64>,
+) -> HttpResult<axum::Json<Value>> {
+    let stats = core.statistics(model, version)?;
+    let list: Vec<Value> = stats.iter().map(|s| super::stats_json(s)).collect();
+    Ok(axum::Json(json!({ "model_stats": list })))
+}
+
+async fn all_stats(State(core): State<Arc<Core>>) -> HttpResult<axum::Json<Value>> {
+    stats_response(&core, None, None)
+}
+
+async fn model_stats(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+) -> HttpResult<axum::Json<Value>> {
+    stats_response(&core, Some(&model), None)
+}
+
+async fn model_version_stats(
+    State(core): State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<axum::Json<Value>> {
+    stats_response(&core, Some(&model), parse_version(&version)?)
+}
+
+async fn get_logging(State(core): State<Arc<Core>>) -> axum::Json<Value> {
+    axum::Json(core.logging.to_json())
+}
+
+async fn post_logging(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+    let changes: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("logging request is not valid JSON: {e}")))?;
+    let changes = changes
+        .as_object()
+        .ok_or_else(|| Error::invalid("logging request must be a JSON object"))?;
+    Ok(axum::Json(core.logging.update(changes)?))
+}
+
+fn trace_json(settings: &crate::trace::TraceSettings) -> Value {
+    let map = settings.to_map();
+    let entries = map.into_iter().map(|(key, mut values)| {
+        let value = if key == "trace_level" {
+            json!(values)
+        } else {
+            json!(values.pop().unwrap_or_default())
+        };
+        (key, value)
+    });
+    Value::Object(entries.collect())
+}
+
+fn trace_update(core: &Core, model: Option<&str>, body: &Bytes) -> HttpResult<axum::Json<Value>> {
+    if let Some(m) = model {
+        core.models.get(m, None)?;
+    }
+    let request: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| Error::invalid(format!("trace request is not valid JSON: {e}")))?
+    };
+    let request = request
+        .as_object()
+        .ok_or_else(|| Error::invalid("trace request must be a JSON object"))?;
+    let mut changes = std::collections::BTreeMap::new();
+    for (key, value) in request {
+        let value = match value {
+            Value::Null => None,
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::Number(n) => Some(vec![n.to_string()]),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| Error::invalid(format!("'{key}' must hold strings")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "trace setting '{key}' must be a string, a list or null"
+                ))
+                .into());
+            }
+        };
+        changes.insert(key.clone(), value);
+    }
+    Ok(axum::Json(trace_json(
+        &core.tracer.update(model, &changes)?,
+    )))
+}
+
+async fn get_trace(State(core): State<Arc<Core>>) -> axum::Json<Value> {
+    axum::Json(trace_json(&core.tracer.settings(None)))
+}
+
+async fn post_trace(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+    trace_update(&core, None, &body)
+}
+
+async fn get_model_trace(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+) -> HttpResult<axum::Json<Value>> {
+    core.models.get(&model, None)?;
+    Ok(axum::Json(trace_json(&core.tracer.settings(Some(&model)))))
+}
+
+async fn post_model_trace(
+    State(core): State<Arc<Core>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> HttpResult<axum::Json<Value>> {
+    trace_update(&core, Some(&model), &body)
 }
 
 /// The `parameters` object of a repository request body (empty body: none).

@@ -295,6 +295,7 @@ impl ModelManager {
                 dir,
                 *version,
                 path,
+                self.stats.model(name, *version),
             );
             let record = match loaded {
                 Ok(live) => {

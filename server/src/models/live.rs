@@ -65,6 +65,8 @@ pub struct LiveModel {
     pub name: String,
     /// Version number.
     pub version: i64,
+    /// The version's statistics.
+    pub stats: Arc<crate::stats::ModelStats>,
     /// The completed config.
     pub config: ModelConfig,
     /// The config as Triton's JSON.
@@ -146,6 +148,7 @@ impl LiveModel {
         model_path: &Path,
         version: i64,
         version_path: &Path,
+        stats: Arc<crate::stats::ModelStats>,
     ) -> Result<LiveModel> {
         let config_json = config::to_json(config)?;
         let json_text = config_json.to_string();
@@ -182,7 +185,7 @@ impl LiveModel {
                 index += 1;
             }
         }
-        let scheduler = Scheduler::start(config, instances)?;
+        let scheduler = Scheduler::start(config, instances, Arc::clone(&stats))?;
         let inputs = specs(config.input.iter().map(|t| {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
             (
@@ -198,6 +201,7 @@ impl LiveModel {
             (t.name.clone(), t.data_type, t.dims.clone(), false, reshape)
         }))?;
         Ok(LiveModel {
+            stats,
             engine: Some(Engine {
                 scheduler,
                 _model: model,

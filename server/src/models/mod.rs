@@ -101,6 +101,8 @@ pub struct ModelManager {
     draining: Mutex<Vec<(String, i64, Weak<LiveModel>)>>,
     /// Serializes loads, unloads and rescans; requests never wait on it.
     lifecycle: Mutex<()>,
+    /// Statistics of every model version.
+    pub stats: Arc<crate::stats::StatsRegistry>,
 }
 
 impl ModelManager {
@@ -113,6 +115,7 @@ impl ModelManager {
             models: RwLock::new(BTreeMap::new()),
             draining: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
+            stats: Default::default(),
         }
     }
 

@@ -385,6 +385,7 @@ impl Batcher {
     fn destination(&self, pending: &Pending) -> Destination {
         Destination {
             tx: pending.tx.clone(),
+            queued_at: pending.arrived,
             rows: pending.rows,
             order: self
                 .sequencer
@@ -408,10 +409,7 @@ impl Batcher {
                             "request for model '{}' timed out in the queue",
                             p.request.model_name
                         ));
-                        self.destination(&p).send(ResponseMessage {
-                            result: Err(error),
-                            is_final: true,
-                        });
+                        self.destination(&p).send(ResponseMessage::rejection(error));
                     }
                 } else {
                     i += 1;

@@ -17,9 +17,13 @@ use tokio::sync::mpsc;
 use crate::config::ModelConfig;
 use crate::core::InferRequest;
 use crate::error::{Error, Result};
+use crate::stats::ModelStats;
 pub use dynamic_batcher::BatchPolicy;
+use responder::ExecClock;
 use responder::{Destination, responder};
-pub use responder::{Outputs, ResponseMessage};
+pub use responder::{Outputs, RequestTiming, ResponseMessage};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// One execution for an instance: a request (possibly several merged along the batch
 /// dimension) and where its responses go.
@@ -40,6 +44,8 @@ enum Entry {
 
 /// The queue in front of a model version's instances, and their threads.
 pub struct Scheduler {
+    /// Whether requests carry a batch dimension (for counting rows).
+    batches: bool,
     /// Where requests enter; dropped to stop everything.
     entry: Option<Entry>,
     /// The instance threads (and the batcher's, when there is one).
@@ -48,7 +54,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts one thread per instance, and a batcher when the config asks for one.
-    pub fn start(config: &ModelConfig, instances: Vec<(String, InstanceBox)>) -> Result<Self> {
+    pub fn start(
+        config: &ModelConfig,
+        instances: Vec<(String, InstanceBox)>,
+        stats: Arc<ModelStats>,
+    ) -> Result<Self> {
         let model = &config.name;
         let policy = BatchPolicy::from_config(config)?;
         let (work_tx, work_rx) = crossbeam_channel::unbounded::<Work>();
@@ -58,9 +68,10 @@ impl Scheduler {
         for (name, instance) in instances {
             let rx = work_rx.clone();
             let idle = batching.then(|| idle_tx.clone());
+            let stats = Arc::clone(&stats);
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
-                .spawn(move || run_instance(instance, rx, idle))
+                .spawn(move || run_instance(instance, rx, idle, stats))
                 .map_err(|e| {
                     Error::internal(format!("cannot start a thread for model '{model}': {e}"))
                 })?;
@@ -75,6 +86,7 @@ impl Scheduler {
             }
         };
         Ok(Scheduler {
+            batches: config.max_batch_size > 0,
             entry: Some(entry),
             threads,
         })
@@ -86,12 +98,21 @@ impl Scheduler {
         request: InferRequest,
     ) -> Result<mpsc::UnboundedReceiver<ResponseMessage>> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let rows = if self.batches {
+            request
+                .inputs
+                .first()
+                .and_then(|t| t.shape.first())
+                .map_or(1, |&b| b.max(1) as usize)
+        } else {
+            1
+        };
         match &self.entry {
             None => return Err(Error::unavailable("model is unloading")),
             Some(Entry::Direct(queue)) => queue
                 .send(Work {
                     request,
-                    dests: vec![Destination::single(tx)],
+                    dests: vec![Destination::single(tx, rows)],
                 })
                 .map_err(|_| Error::unavailable("model has no running instances"))?,
             Some(Entry::Batched(batcher)) => batcher.submit(request, tx)?,
@@ -114,20 +135,22 @@ fn run_instance(
     mut instance: InstanceBox,
     queue: crossbeam_channel::Receiver<Work>,
     idle: Option<crossbeam_channel::Sender<()>>,
+    stats: Arc<ModelStats>,
 ) {
     loop {
         if let Some(idle) = &idle {
             let _ = idle.send(());
         }
         let Ok(work) = queue.recv() else { return };
-        execute(&mut instance, work);
+        execute(&mut instance, work, &stats);
     }
 }
 
 /// Executes one piece of work and makes sure every request behind it gets an answer.
-fn execute(instance: &mut InstanceBox, work: Work) {
+fn execute(instance: &mut InstanceBox, work: Work, stats: &Arc<ModelStats>) {
+    let started = Instant::now();
     let Work { request, dests } = work;
-    let (responder, state) = responder(dests);
+    let (responder, state) = responder(dests, Some(Arc::clone(stats)));
     let inputs: Vec<Tensor<'_>> = request
         .inputs
         .iter()
@@ -150,6 +173,10 @@ fn execute(instance: &mut InstanceBox, work: Work) {
         requested_outputs: RSlice::from_slice(&outputs),
         responder,
     }];
+    state.start_clock(ExecClock {
+        started,
+        input_done: Instant::now(),
+    });
     let result = instance
         .execute(RSlice::from_slice(&requests))
         .into_result();

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult};
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::core::OutputData;
 use crate::error::{Error, Result};
+use crate::stats::{ComputeTimes, ModelStats};
 
 /// The outputs of one response, in the server's terms.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +36,37 @@ pub struct ResponseMessage {
     pub result: Result<Outputs>,
     /// No more responses follow.
     pub is_final: bool,
+    /// On the final response of an executed request: where its time went.
+    pub timing: Option<RequestTiming>,
+    /// The scheduler refused the request (queue timeout) rather than the backend failing it.
+    pub rejected: bool,
+}
+
+impl ResponseMessage {
+    /// A final message that refuses a request before it ran.
+    pub fn rejection(error: Error) -> Self {
+        ResponseMessage {
+            result: Err(error),
+            is_final: true,
+            timing: None,
+            rejected: true,
+        }
+    }
+}
+
+/// Where an executed request's time went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestTiming {
+    /// Waiting in the queue.
+    pub queue: Duration,
+    /// Its batch's compute phases.
+    pub compute: ComputeTimes,
+    /// When its execution started (for traces).
+    pub compute_start: Option<Instant>,
+    /// When the backend's final response arrived (for traces).
+    pub compute_output_start: Option<Instant>,
+    /// When the outputs were ready (for traces).
+    pub compute_end: Option<Instant>,
 }
 
 /// Hands out responses in request order: a request's responses wait until every earlier
@@ -95,6 +128,8 @@ impl Sequencer {
 pub struct Destination {
     /// The request's channel.
     pub tx: mpsc::UnboundedSender<ResponseMessage>,
+    /// When the request entered the queue.
+    pub queued_at: Instant,
     /// The request's batch size (rows of the merged batch that are its own).
     pub rows: usize,
     /// Its place in the response order, when the model preserves ordering.
@@ -103,10 +138,11 @@ pub struct Destination {
 
 impl Destination {
     /// A destination that takes whole responses, in any order.
-    pub fn single(tx: mpsc::UnboundedSender<ResponseMessage>) -> Self {
+    pub fn single(tx: mpsc::UnboundedSender<ResponseMessage>, rows: usize) -> Self {
         Destination {
             tx,
-            rows: 0,
+            queued_at: Instant::now(),
+            rows,
             order: None,
         }
     }
@@ -122,35 +158,87 @@ impl Destination {
     }
 }
 
+/// When an execution's phases began.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecClock {
+    /// The instance took the work.
+    pub started: Instant,
+    /// The inputs were ready and the backend was called.
+    pub input_done: Instant,
+}
+
 /// Shared state of one executed request (possibly a merged batch of several).
 pub struct ResponderState {
     /// The requests behind it; emptied once the final response went out.
     dests: Mutex<Vec<Destination>>,
+    /// The execution's clock, set before the backend is called.
+    clock: Mutex<Option<ExecClock>>,
+    /// Where executions are counted.
+    stats: Option<Arc<ModelStats>>,
 }
 
 impl ResponderState {
+    /// Starts the execution's clock: the backend is about to be called.
+    pub fn start_clock(&self, clock: ExecClock) {
+        *self.clock.lock() = Some(clock);
+    }
+
     fn send(&self, result: std::result::Result<Response, BackendError>, is_final: bool) {
         let mut dests = self.dests.lock();
         if dests.is_empty() {
             return;
         }
-        match result
+        let output_start = Instant::now();
+        let result = result
             .map_err(Error::from)
-            .and_then(|r| to_outputs(r, &dests))
-        {
+            .and_then(|r| to_outputs(r, &dests));
+        let timing = match (is_final, *self.clock.lock()) {
+            (true, Some(clock)) => {
+                let compute_end = Instant::now();
+                let compute = ComputeTimes {
+                    input: clock.input_done - clock.started,
+                    infer: output_start.saturating_duration_since(clock.input_done),
+                    output: compute_end - output_start,
+                };
+                if let Some(stats) = &self.stats {
+                    let rows: usize = dests.iter().map(|d| d.rows.max(1)).sum();
+                    stats.record_execution(rows as u64, compute);
+                }
+                Some((clock, compute, output_start, compute_end))
+            }
+            _ => None,
+        };
+        let timing_for = |dest: &Destination| {
+            timing.map(
+                |(clock, compute, output_start, compute_end)| RequestTiming {
+                    queue: clock.started.saturating_duration_since(dest.queued_at),
+                    compute,
+                    compute_start: Some(clock.started),
+                    compute_output_start: Some(output_start),
+                    compute_end: Some(compute_end),
+                },
+            )
+        };
+        match result {
             Ok(parts) => {
                 for (dest, outputs) in dests.iter().zip(parts) {
+                    let timing = timing_for(dest);
                     dest.send(ResponseMessage {
                         result: Ok(outputs),
                         is_final,
+                        timing,
+                        rejected: false,
                     });
                 }
             }
             Err(e) => {
                 for dest in dests.iter() {
+                    let timing = timing_for(dest);
                     dest.send(ResponseMessage {
                         result: Err(e.clone()),
                         is_final,
+                        timing,
+                        rejected: false,
                     });
                 }
             }
@@ -287,9 +375,14 @@ impl ResponderObj for ChannelResponder {
 }
 
 /// A responder over these destinations, and the state to check after `execute` returns.
-pub fn responder(dests: Vec<Destination>) -> (Responder, Arc<ResponderState>) {
+pub fn responder(
+    dests: Vec<Destination>,
+    stats: Option<Arc<ModelStats>>,
+) -> (Responder, Arc<ResponderState>) {
     let state = Arc::new(ResponderState {
         dests: Mutex::new(dests),
+        clock: Mutex::new(None),
+        stats,
     });
     let responder =
         ResponderObj_TO::from_ptr(RArc::new(ChannelResponder(Arc::clone(&state))), TD_Opaque);
@@ -316,6 +409,7 @@ mod tests {
                 (
                     Destination {
                         tx,
+                        queued_at: Instant::now(),
                         rows,
                         order: None,
                     },
@@ -367,6 +461,8 @@ mod tests {
         let msg = || ResponseMessage {
             result: Ok(Outputs::default()),
             is_final: true,
+            timing: None,
+            rejected: false,
         };
         sequencer.deliver(1, &tx1, msg());
         assert!(rx1.try_recv().is_err(), "request 1 must wait for request 0");
