@@ -4,7 +4,7 @@
 # Usage: backends/openvino/runtime.sh <backend install folder>
 #
 # The libraries come from the PyPI wheel openvino==$OPENVINO_VERSION (a wheel is a zip; it is
-# unzipped, never pip-installed). The wheel and its unpacked libs/ folder are kept in
+# unzipped, never pip-installed). The wheel and the libraries unpacked from it are kept in
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ferrum/openvino-$OPENVINO_VERSION/
 # so only the first run downloads anything. Copied into the destination: the C and C++
 # runtime, the CPU plugin, the IR and ONNX frontends, TBB (with hwloc), and plugins.xml when the wheel
@@ -22,6 +22,16 @@ libs="$cache/libs"
 py=${PYTHON:-python3}
 
 say() { echo "openvino runtime: $*" >&2; }
+
+# What the CPU plugin needs from the wheel's openvino/libs/ (the GPU and NPU plugins and the
+# other frontends stay out).
+wanted=(
+  'libopenvino.so.*' 'libopenvino_c.so.*'
+  'libopenvino_intel_cpu_plugin.so'
+  'libopenvino_ir_frontend.so.*' 'libopenvino_onnx_frontend.so.*'
+  'libtbb.so*' 'libtbbmalloc.so*' 'libtbbbind*.so*' 'libhwloc.so*'
+  'plugins.xml'
+)
 
 # 1. The unpacked libraries in the cache (download and unzip on the first run).
 if [ ! -f "$libs/.complete" ]; then
@@ -48,7 +58,12 @@ if [ ! -f "$libs/.complete" ]; then
   fi
   say "unpacking openvino/libs from $(basename "$wheel")"
   unpack=$(mktemp -d "$cache/.unpack.XXXXXX")
-  if ! unzip -q -o "$wheel" 'openvino/libs/*' -d "$unpack"; then
+  members=()
+  for pattern in "${wanted[@]}"; do members+=("openvino/libs/$pattern"); done
+  # Exit status 11 only says that a pattern (plugins.xml) matched nothing.
+  rc=0
+  unzip -qq -o "$wheel" "${members[@]}" -d "$unpack" 2>/dev/null || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 11 ] || [ ! -d "$unpack/openvino/libs" ]; then
     rm -rf "$unpack"
     say "cannot unzip $wheel (a partial download? delete it and run again)"
     exit 1
@@ -62,12 +77,7 @@ fi
 # 2. What the CPU plugin needs, into the destination.
 mkdir -p "$dest"
 copied=0
-for pattern in \
-    'libopenvino.so.*' 'libopenvino_c.so.*' \
-    'libopenvino_intel_cpu_plugin.so' \
-    'libopenvino_ir_frontend.so.*' 'libopenvino_onnx_frontend.so.*' \
-    'libtbb.so*' 'libtbbmalloc.so*' 'libtbbbind*.so*' 'libhwloc.so*' \
-    'plugins.xml'; do
+for pattern in "${wanted[@]}"; do
   for file in "$libs"/$pattern; do
     [ -e "$file" ] || continue
     name=$(basename "$file")

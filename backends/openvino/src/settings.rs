@@ -93,10 +93,13 @@ impl Settings {
                         .push((RwPropertyKey::InferenceNumThreads, count(key, value)?));
                 }
                 "COMPILATION_NUM_THREADS" => {
-                    settings.properties.push((
-                        RwPropertyKey::Other("COMPILATION_NUM_THREADS".into()),
-                        count(key, value)?,
-                    ));
+                    // Triton lists it, but OpenVINO's CPU plugin rejects the property.
+                    count(key, value)?;
+                    ferrum_backend_api::log(
+                        LogLevel::WARN,
+                        "openvino: COMPILATION_NUM_THREADS is not supported by OpenVINO's CPU \
+                         plugin; ignored",
+                    );
                 }
                 "HINT_BF16" | "ENFORCE_BF16" => {
                     if yes_no(key, value)? {
