@@ -319,6 +319,14 @@ input [ { name: "IMAGE" data_type: TYPE_FP32 dims: [ 16 ] } ]
 output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 8 ] } ]
 """, ir)
     add("ov_no_file", 'backend: "openvino"\nmax_batch_size: 8\n' + mlp_tensors)
+    # Damaged files: bytes that are no ONNX, weights cut short.
+    add("ov_garbage_onnx", 'backend: "openvino"\n')
+    (repo / "ov_garbage_onnx" / "1" / "model.onnx").write_bytes(
+        np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    add("ov_short_weights", 'backend: "openvino"\nmax_batch_size: 8\n' + mlp_tensors,
+        {"model.xml": ir_files / "model.xml"})
+    (repo / "ov_short_weights" / "1" / "model.bin").write_bytes(
+        (ir_files / "model.bin").read_bytes()[:1000])
 
     srv = start_server(repo, log_dir=root / "logs")
     yield srv
@@ -475,6 +483,8 @@ def test_backend_rejects_a_shape_the_model_cannot_take(variants_server, referenc
         ("ov_wrong_type", ["INPUT0", "INT32", "FP32"]),
         ("ov_wrong_name", ["IMAGE", "INPUT0"]),
         ("ov_no_file", ["model.xml", "model.onnx"]),
+        ("ov_garbage_onnx", ["OpenVINO cannot read", "model.onnx"]),
+        ("ov_short_weights", ["OpenVINO cannot read", "weights"]),
     ],
 )
 def test_load_errors_leave_the_model_unavailable(variants_server, model, mentions):
