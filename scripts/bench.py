@@ -62,7 +62,14 @@ def simple_inputs(module):
     return inputs
 
 
-CASES = {"simple": simple_inputs}
+def mlp_inputs(module):
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+    inputs = [module.InferInput("INPUT0", [1, 16], "FP32")]
+    inputs[0].set_data_from_numpy(x)
+    return inputs
+
+
+CASES = {"simple": simple_inputs, "openvino_mlp": mlp_inputs}
 
 
 def run_case(protocol, url, model, concurrency, seconds):

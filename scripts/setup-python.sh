@@ -64,6 +64,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" - <<'PYCHECK'
 import grpc, numpy, pytest, requests, xdist, pytest_timeout  # noqa: F401
 import tritonclient.grpc, tritonclient.http, tritonclient.utils  # noqa: F401
+import onnx, onnxruntime, openvino  # noqa: F401
 PYCHECK
 
 stamp_key > "$STAMP"
