@@ -162,8 +162,8 @@ pub struct Args {
     #[arg(long, default_value_t = false)]
     pub disable_auto_complete_config: bool,
 
-    /// Largest request body or gRPC message accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    /// Largest request body or gRPC message accepted, in bytes (tritonserver: --http-max-input-size).
+    #[arg(long, alias = "http-max-input-size", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_request_size: usize,
 }
 

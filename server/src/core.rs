@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferrum_backend_api::{DataType, HostInferRequest, OutputTensor, Parameter, Response};
+use ferrum_backend_api::{
+    DataType, HostInferRequest, OutputTensor, ParamValue, Parameter, Response,
+};
 
 use crate::error::{Error, Result};
 use crate::models::{IndexEntry, LiveModel, ModelManager};
@@ -37,8 +39,22 @@ pub struct InputTensor {
     pub data: Bytes,
 }
 
-/// Number of elements a shape describes, or an error for negative or overflowing dims.
+/// Most elements one tensor may have (2^32).
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 32;
+
+/// Number of elements a shape describes, or an error for negative, overflowing or oversized
+/// shapes.
 pub fn element_count(name: &str, shape: &[i64]) -> Result<usize> {
+    let count = element_count_unchecked(name, shape)?;
+    if count > MAX_TENSOR_ELEMENTS {
+        return Err(Error::invalid(format!(
+            "tensor '{name}' shape {shape:?} has {count} elements, more than the limit of {MAX_TENSOR_ELEMENTS}"
+        )));
+    }
+    Ok(count)
+}
+
+fn element_count_unchecked(name: &str, shape: &[i64]) -> Result<usize> {
     shape.iter().try_fold(1usize, |acc, &d| {
         let d = usize::try_from(d)
             .map_err(|_| Error::invalid(format!("input '{name}' has a negative dimension {d}")))?;
@@ -100,6 +116,8 @@ pub struct InferRequest {
     pub inputs: Vec<InputTensor>,
     /// Requested output names (empty: all).
     pub outputs: Vec<String>,
+    /// How requested outputs are delivered (classification, shared memory); frontend-side only.
+    pub delivery: Vec<OutputDelivery>,
 }
 
 impl InferRequest {
@@ -125,6 +143,7 @@ impl InferRequest {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            delivery: Vec::new(),
         }
     }
 }
@@ -140,6 +159,41 @@ pub struct OutputData {
     pub shape: Vec<i64>,
     /// Little-endian elements; for BYTES, length-prefixed strings.
     pub data: Bytes,
+    /// Set when the output was written into a shared memory region (name, bytes written)
+    /// instead of being carried in `data`.
+    pub shm: Option<(String, usize)>,
+}
+
+/// Where and how one requested output is delivered to the client.
+#[derive(Clone, Debug, Default)]
+pub struct OutputDelivery {
+    /// Output name.
+    pub name: String,
+    /// Classification extension: return the top-k classes instead of the tensor.
+    pub classification: Option<usize>,
+    /// Shared memory extension: write the output into this region.
+    pub shm: Option<ShmTarget>,
+}
+
+/// A place in a registered shared memory region.
+#[derive(Clone)]
+pub struct ShmTarget {
+    /// The region.
+    pub region: Arc<crate::shm::Region>,
+    /// Offset inside the region.
+    pub offset: usize,
+    /// Bytes available from the offset.
+    pub byte_size: usize,
+}
+
+impl std::fmt::Debug for ShmTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ShmTarget({}, {}+{})",
+            self.region.name, self.offset, self.byte_size
+        )
+    }
 }
 
 /// An inference response in the server's terms.
@@ -195,6 +249,8 @@ pub struct Core {
     ready: AtomicBool,
     /// Set when shutdown begins.
     shutting_down: AtomicBool,
+    /// Registered system shared memory regions.
+    pub shm: crate::shm::SharedMemory,
     /// Samples and writes request traces.
     pub tracer: Arc<crate::trace::Tracer>,
     /// The log switches the logging extension changes.
@@ -219,6 +275,7 @@ impl Core {
             models,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            shm: Default::default(),
             tracer,
             logging,
             metrics,
@@ -344,6 +401,61 @@ impl Core {
             .collect())
     }
 
+    /// An input's bytes from shared memory, when its parameters name a region.
+    pub fn shm_input(&self, tensor: &str, params: &[Parameter]) -> Result<Option<Bytes>> {
+        let Some(target) = self.shm_target(tensor, params)? else {
+            return Ok(None);
+        };
+        target
+            .region
+            .read(target.offset, target.byte_size)
+            .map(Some)
+    }
+
+    /// How a requested output is to be delivered, from its parameters.
+    pub fn output_delivery(&self, name: &str, params: &[Parameter]) -> Result<OutputDelivery> {
+        let classification = int_param(params, "classification", name)?;
+        if classification == Some(0) {
+            return Err(Error::invalid(format!(
+                "output '{name}': classification must ask for at least one class"
+            )));
+        }
+        Ok(OutputDelivery {
+            name: name.to_string(),
+            classification,
+            shm: self.shm_target(name, params)?,
+        })
+    }
+
+    fn shm_target(&self, tensor: &str, params: &[Parameter]) -> Result<Option<ShmTarget>> {
+        let region = match params
+            .iter()
+            .find(|p| p.key.as_str() == "shared_memory_region")
+        {
+            None => return Ok(None),
+            Some(Parameter {
+                value: ParamValue::Str(name),
+                ..
+            }) => self.shm.get(name.as_str())?,
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "'{tensor}': shared_memory_region must be a string"
+                )));
+            }
+        };
+        let byte_size = int_param(params, "shared_memory_byte_size", tensor)?.ok_or_else(|| {
+            Error::invalid(format!(
+                "'{tensor}' names a shared memory region but no shared_memory_byte_size"
+            ))
+        })?;
+        let offset = int_param(params, "shared_memory_offset", tensor)?.unwrap_or(0);
+        Ok(Some(ShmTarget {
+            region,
+            offset,
+            byte_size,
+        }))
+    }
+
     /// Runs one inference and returns its response.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let received = Instant::now();
@@ -377,6 +489,7 @@ impl Core {
         model.validate(&request).map_err(other)?;
         model.to_backend_shapes(&mut request).map_err(other)?;
         let requested = request.outputs.clone();
+        let delivery = std::mem::take(&mut request.delivery);
         let id = request.id.clone();
         let mut responses = model
             .submit(request)
@@ -401,8 +514,9 @@ impl Core {
             }
         };
         let response = first.unwrap_or_default();
-        let outputs = collect_outputs(model, response.outputs, &requested)
+        let mut outputs = collect_outputs(model, response.outputs, &requested)
             .map_err(|e| (e, FailureReason::Backend))?;
+        deliver(model, &mut outputs, &delivery).map_err(|e| (e, FailureReason::Other))?;
         let response = InferResponse {
             model_name: model.name.clone(),
             model_version: model.version,
@@ -456,6 +570,59 @@ impl Drop for InFlight {
         }
         self.stats.pending.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A non-negative integer parameter.
+fn int_param(params: &[Parameter], key: &str, owner: &str) -> Result<Option<usize>> {
+    match params
+        .iter()
+        .find(|p| p.key.as_str() == key)
+        .map(|p| &p.value)
+    {
+        None => Ok(None),
+        Some(ParamValue::Int(v)) => usize::try_from(*v)
+            .map(Some)
+            .map_err(|_| Error::invalid(format!("'{owner}': {key} must not be negative"))),
+        Some(_) => Err(Error::invalid(format!(
+            "'{owner}': {key} must be an integer"
+        ))),
+    }
+}
+
+/// Applies the classification and shared memory extensions to the outputs.
+fn deliver(
+    model: &LiveModel,
+    outputs: &mut [OutputData],
+    delivery: &[OutputDelivery],
+) -> Result<()> {
+    for output in outputs.iter_mut() {
+        let Some(how) = delivery.iter().find(|d| d.name == output.name) else {
+            continue;
+        };
+        if let Some(k) = how.classification {
+            let labels = model
+                .outputs
+                .iter()
+                .find(|s| s.name == output.name)
+                .and_then(|s| s.labels.as_deref());
+            *output = crate::models::classify(output, k, model.batches(), labels)?;
+        }
+        if let Some(target) = &how.shm {
+            if output.data.len() > target.byte_size {
+                return Err(Error::invalid(format!(
+                    "output '{}' needs {} bytes but its shared memory region '{}' allows {}",
+                    output.name,
+                    output.data.len(),
+                    target.region.name,
+                    target.byte_size
+                )));
+            }
+            target.region.write(target.offset, &output.data)?;
+            output.shm = Some((target.region.name.clone(), output.data.len()));
+            output.data = Bytes::new();
+        }
+    }
+    Ok(())
 }
 
 /// Keeps the requested outputs (all when none were named), in the client's shapes.

@@ -13,5 +13,6 @@ pub mod proto;
 pub mod repository;
 pub mod scheduler;
 pub mod server;
+pub mod shm;
 pub mod stats;
 pub mod trace;

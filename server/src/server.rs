@@ -111,6 +111,9 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(
+                    crate::frontend::grpc::size_limit_status,
+                ))
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

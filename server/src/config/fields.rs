@@ -27,7 +27,7 @@ const MODEL_FIELDS: &[&str] = &[
 const INPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "format", "optional", "reshape"];
 
 /// Fields of an output the server implements.
-const OUTPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "reshape"];
+const OUTPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "reshape", "label_filename"];
 
 /// Fields of an instance group the server implements.
 const INSTANCE_GROUP_FIELDS: &[&str] = &["name", "count", "kind"];

@@ -37,6 +37,23 @@ pub fn status_of(error: Error) -> Status {
     Status::new(code, error.message)
 }
 
+/// Turns tonic's OUT_OF_RANGE answer to an oversized message into RESOURCE_EXHAUSTED, the
+/// code a request over the size limit gets everywhere else.
+pub fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if out_of_range && too_large {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 /// The gRPC service over the core.
 pub struct GrpcFrontend {
     /// The core every method calls.
@@ -200,7 +217,7 @@ fn contents_to_bytes(
 }
 
 /// Builds the core request from the wire request.
-fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
+fn decode_request(core: &Core, request: ModelInferRequest) -> Result<InferRequest, Error> {
     let version = if request.model_version.is_empty() {
         None
     } else {
@@ -218,15 +235,10 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
                 })?,
         )
     };
-    let raw = request.raw_input_contents;
-    if !raw.is_empty() && raw.len() != request.inputs.len() {
-        return Err(Error::invalid(format!(
-            "expected {} raw_input_contents, one per input, got {}",
-            request.inputs.len(),
-            raw.len()
-        )));
-    }
-    let mut raw = raw.into_iter();
+    // Inputs in shared memory or in typed contents take no raw_input_contents entry; every
+    // other input takes the next one, in order.
+    let mut raw = request.raw_input_contents.into_iter();
+    let uses_raw = raw.len() > 0;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
@@ -235,16 +247,30 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
                 input.name, input.datatype
             ))
         })?;
-        let data = match (raw.next(), input.contents) {
-            (Some(bytes), None) => bytes,
-            (None, Some(contents)) => contents_to_bytes(&input.name, datatype, contents)?,
+        let params = from_wire_parameters(input.parameters);
+        let data = match (core.shm_input(&input.name, &params)?, input.contents) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
-                    "input '{}' has both contents and raw_input_contents",
+                    "input '{}' names a shared memory region and also carries contents",
                     input.name
                 )));
             }
-            (None, None) => Bytes::new(),
+            (Some(bytes), None) => bytes,
+            (None, Some(contents)) if !uses_raw => {
+                contents_to_bytes(&input.name, datatype, contents)?
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has contents while the request also uses raw_input_contents",
+                    input.name
+                )));
+            }
+            (None, None) => raw.next().ok_or_else(|| {
+                Error::invalid(format!(
+                    "input '{}' has no data: raw_input_contents has too few entries",
+                    input.name
+                ))
+            })?,
         };
         inputs.push(InputTensor {
             name: input.name,
@@ -253,13 +279,27 @@ fn decode_request(request: ModelInferRequest) -> Result<InferRequest, Error> {
             data,
         });
     }
+    if raw.len() > 0 {
+        return Err(Error::invalid(format!(
+            "raw_input_contents has {} more entries than there are inputs that need one",
+            raw.len()
+        )));
+    }
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    let mut delivery = Vec::with_capacity(request.outputs.len());
+    for output in request.outputs {
+        delivery
+            .push(core.output_delivery(&output.name, &from_wire_parameters(output.parameters))?);
+        outputs.push(output.name);
+    }
     Ok(InferRequest {
         model_name: request.model_name,
         model_version: version,
         id: request.id,
         parameters: from_wire_parameters(request.parameters),
         inputs,
-        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        outputs,
+        delivery,
     })
 }
 
@@ -268,13 +308,27 @@ fn encode_response(response: InferResponse) -> ModelInferResponse {
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
+        let mut parameters = HashMap::new();
+        if let Some((region, size)) = &output.shm {
+            let string = |s: &str| InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam(s.to_string())),
+            };
+            parameters.insert("shared_memory_region".to_string(), string(region));
+            parameters.insert(
+                "shared_memory_byte_size".to_string(),
+                InferParameter {
+                    parameter_choice: Some(ParameterChoice::Int64Param(*size as i64)),
+                },
+            );
+        }
         outputs.push(InferOutputTensor {
             name: output.name,
             datatype: output.datatype.to_string(),
             shape: output.shape,
-            parameters: HashMap::new(),
+            parameters,
             contents: None,
         });
+        // Entries stay aligned with `outputs`: an output in shared memory gets an empty one.
         raw.push(output.data);
     }
     ModelInferResponse {
@@ -289,7 +343,7 @@ fn encode_response(response: InferResponse) -> ModelInferResponse {
 
 impl GrpcFrontend {
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
-        let request = decode_request(request)?;
+        let request = decode_request(&self.core, request)?;
         Ok(encode_response(self.core.infer(request).await?))
     }
 }
@@ -556,6 +610,82 @@ impl GrpcInferenceService for GrpcFrontend {
             })
             .collect();
         Ok(Response::new(TraceSettingResponse { settings }))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<SystemSharedMemoryStatusRequest>,
+    ) -> GrpcResult<SystemSharedMemoryStatusResponse> {
+        use crate::proto::inference::system_shared_memory_status_response::RegionStatus;
+        let name = request.into_inner().name;
+        let regions = self
+            .core
+            .shm
+            .status((!name.is_empty()).then_some(name.as_str()))
+            .map_err(status_of)?;
+        let regions = regions
+            .iter()
+            .map(|r| {
+                let status = RegionStatus {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    offset: r.offset as u64,
+                    byte_size: r.byte_size as u64,
+                };
+                (r.name.clone(), status)
+            })
+            .collect();
+        Ok(Response::new(SystemSharedMemoryStatusResponse { regions }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> GrpcResult<SystemSharedMemoryRegisterResponse> {
+        let r = request.into_inner();
+        let size = |v: u64| {
+            usize::try_from(v).map_err(|_| Status::invalid_argument("region size does not fit"))
+        };
+        self.core
+            .shm
+            .register(&r.name, &r.key, size(r.offset)?, size(r.byte_size)?)
+            .map_err(status_of)?;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> GrpcResult<SystemSharedMemoryUnregisterResponse> {
+        let name = request.into_inner().name;
+        self.core
+            .shm
+            .unregister((!name.is_empty()).then_some(name.as_str()))
+            .map_err(status_of)?;
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> GrpcResult<CudaSharedMemoryStatusResponse> {
+        Ok(Response::new(CudaSharedMemoryStatusResponse {
+            regions: HashMap::new(),
+        }))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> GrpcResult<CudaSharedMemoryRegisterResponse> {
+        Err(Status::unimplemented(super::http::CUDA_SHM_UNSUPPORTED))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> GrpcResult<CudaSharedMemoryUnregisterResponse> {
+        Ok(Response::new(CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn repository_model_load(

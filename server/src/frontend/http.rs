@@ -19,6 +19,10 @@ use crate::core::{
 use crate::error::{Error, ErrorKind};
 use crate::models::{LoadOverride, LoadValue};
 
+/// Why CUDA shared memory registration is refused.
+pub const CUDA_SHM_UNSUPPORTED: &str =
+    "CUDA shared memory is not supported: this server has no GPU support; use system shared memory";
+
 /// The header that splits a binary-extension body into its JSON part and its binary part.
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -40,7 +44,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::AlreadyExists => StatusCode::CONFLICT,
-        ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -56,6 +60,33 @@ impl IntoResponse for HttpError {
 }
 
 type HttpResult<T> = Result<T, HttpError>;
+
+/// A request body, read up to `--max-request-size`; a larger one is refused with 413 and a
+/// JSON error, like every other error.
+struct Body(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = HttpError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(HttpError(Error::new(
+                    ErrorKind::ResourceExhausted,
+                    "request body exceeds the server's limit (--max-request-size)",
+                )))
+            }
+            Err(rejection) => Err(HttpError(Error::invalid(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            )))),
+        }
+    }
+}
 
 /// The HTTP router: the protocol's table of endpoints.
 pub fn router(core: Arc<Core>, max_body: usize) -> Router {
@@ -94,6 +125,37 @@ pub fn router(core: Arc<Core>, max_body: usize) -> Router {
         .route(
             "/v2/models/{model}/trace/setting",
             get(get_model_trace).post(post_model_trace),
+        )
+        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route(
+            "/v2/systemsharedmemory/region/{name}/status",
+            get(shm_status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/register",
+            post(shm_register),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm_unregister_all),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/unregister",
+            post(shm_unregister),
+        )
+        .route("/v2/cudasharedmemory/status", get(cuda_status))
+        .route(
+            "/v2/cudasharedmemory/region/{name}/status",
+            get(cuda_status),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{name}/register",
+            post(cuda_register),
+        )
+        .route("/v2/cudasharedmemory/unregister", post(cuda_status))
+        .route(
+            "/v2/cudasharedmemory/region/{name}/unregister",
+            post(cuda_status),
         )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
@@ -211,7 +273,7 @@ async fn model_config_version(
 
 async fn repository_index(
     State(core): State<Arc<Core>>,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<axum::Json<Value>> {
     let ready_only = if body.is_empty() {
         false
@@ -273,7 +335,10 @@ async fn get_logging(State(core): State<Arc<Core>>) -> axum::Json<Value> {
     axum::Json(core.logging.to_json())
 }
 
-async fn post_logging(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+async fn post_logging(
+    State(core): State<Arc<Core>>,
+    Body(body): Body,
+) -> HttpResult<axum::Json<Value>> {
     let changes: Value = serde_json::from_slice(&body)
         .map_err(|e| Error::invalid(format!("logging request is not valid JSON: {e}")))?;
     let changes = changes
@@ -342,7 +407,10 @@ async fn get_trace(State(core): State<Arc<Core>>) -> axum::Json<Value> {
     axum::Json(trace_json(&core.tracer.settings(None)))
 }
 
-async fn post_trace(State(core): State<Arc<Core>>, body: Bytes) -> HttpResult<axum::Json<Value>> {
+async fn post_trace(
+    State(core): State<Arc<Core>>,
+    Body(body): Body,
+) -> HttpResult<axum::Json<Value>> {
     trace_update(&core, None, &body)
 }
 
@@ -357,9 +425,81 @@ async fn get_model_trace(
 async fn post_model_trace(
     State(core): State<Arc<Core>>,
     Path(model): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<axum::Json<Value>> {
     trace_update(&core, Some(&model), &body)
+}
+
+fn shm_list(core: &Core, name: Option<&str>) -> HttpResult<axum::Json<Value>> {
+    let regions = core.shm.status(name)?;
+    let list: Vec<Value> = regions
+        .iter()
+        .map(|r| json!({ "name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size }))
+        .collect();
+    Ok(axum::Json(Value::Array(list)))
+}
+
+async fn shm_status_all(State(core): State<Arc<Core>>) -> HttpResult<axum::Json<Value>> {
+    shm_list(&core, None)
+}
+
+async fn shm_status(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+) -> HttpResult<axum::Json<Value>> {
+    shm_list(&core, Some(&name))
+}
+
+async fn shm_register(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> HttpResult<StatusCode> {
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("register request is not valid JSON: {e}")))?;
+    let key = request["key"]
+        .as_str()
+        .ok_or_else(|| Error::invalid("register request needs a string 'key'"))?;
+    let number = |field: &str| {
+        request[field]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "register request needs a non-negative integer '{field}'"
+                ))
+            })
+    };
+    let offset = if request.get("offset").is_some() {
+        number("offset")?
+    } else {
+        0
+    };
+    core.shm
+        .register(&name, key, offset, number("byte_size")?)?;
+    Ok(StatusCode::OK)
+}
+
+async fn shm_unregister_all(State(core): State<Arc<Core>>) -> HttpResult<StatusCode> {
+    core.shm.unregister(None)?;
+    Ok(StatusCode::OK)
+}
+
+async fn shm_unregister(
+    State(core): State<Arc<Core>>,
+    Path(name): Path<String>,
+) -> HttpResult<StatusCode> {
+    core.shm.unregister(Some(&name))?;
+    Ok(StatusCode::OK)
+}
+
+/// CUDA shared memory: no region can exist, so status lists none and unregister has nothing to do.
+async fn cuda_status() -> axum::Json<Value> {
+    axum::Json(json!([]))
+}
+
+async fn cuda_register() -> HttpError {
+    HttpError(Error::unsupported(CUDA_SHM_UNSUPPORTED))
 }
 
 /// The `parameters` object of a repository request body (empty body: none).
@@ -379,7 +519,7 @@ fn repository_parameters(body: &Bytes) -> Result<Map<String, Value>, Error> {
 async fn repository_load(
     State(core): State<Arc<Core>>,
     Path(model): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<StatusCode> {
     use base64::Engine;
     let mut over = LoadOverride::default();
@@ -407,7 +547,7 @@ async fn repository_load(
 async fn repository_unload(
     State(core): State<Arc<Core>>,
     Path(model): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<StatusCode> {
     for (key, value) in repository_parameters(&body)? {
         if key != "unload_dependents" || !value.is_boolean() {
@@ -424,7 +564,7 @@ async fn infer(
     state: State<Arc<Core>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<Response> {
     run_infer(state, model, None, headers, body).await
 }
@@ -433,7 +573,7 @@ async fn infer_version(
     state: State<Arc<Core>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> HttpResult<Response> {
     let version = parse_version(&version)?;
     run_infer(state, model, version, headers, body).await
@@ -463,13 +603,14 @@ async fn run_infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    let (request, plan) = decode_request(model, version, &headers, body)?;
+    let (request, plan) = decode_request(&core, model, version, &headers, body)?;
     let response = core.infer(request).await?;
     Ok(encode_response(response, &plan)?)
 }
 
 /// Splits the body, parses the JSON header and builds the core request.
 fn decode_request(
+    core: &Core,
     model: String,
     version: Option<i64>,
     headers: &HeaderMap,
@@ -535,7 +676,14 @@ fn decode_request(
         let binary_size = input_params
             .iter()
             .find(|p| p.key.as_str() == "binary_data_size");
+        let from_shm = core.shm_input(&name, &input_params)?;
         let data = match (binary_size, input.get("data")) {
+            _ if from_shm.is_some() && (binary_size.is_some() || input.get("data").is_some()) => {
+                return Err(Error::invalid(format!(
+                    "input '{name}' names a shared memory region and also carries data"
+                )));
+            }
+            _ if from_shm.is_some() => from_shm.unwrap_or_default(),
             (Some(p), None) => {
                 let size = match &p.value {
                     ParamValue::Int(n) => usize::try_from(*n).ok(),
@@ -574,6 +722,7 @@ fn decode_request(
         )));
     }
     let mut named = Vec::new();
+    let mut delivery = Vec::new();
     if let Some(outputs) = root.get("outputs") {
         let outputs = outputs
             .as_array()
@@ -591,6 +740,7 @@ fn decode_request(
             } else {
                 default_binary
             };
+            delivery.push(core.output_delivery(&name, &params)?);
             named.push((name, binary));
         }
     }
@@ -606,6 +756,7 @@ fn decode_request(
         parameters,
         inputs,
         outputs: named.iter().map(|(n, _)| n.clone()).collect(),
+        delivery,
     };
     Ok((
         request,
@@ -691,7 +842,10 @@ fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Respons
             "datatype": output.datatype.to_string(),
             "shape": output.shape,
         });
-        if plan.binary(&output.name) {
+        if let Some((region, size)) = &output.shm {
+            entry["parameters"] =
+                json!({ "shared_memory_region": region, "shared_memory_byte_size": size });
+        } else if plan.binary(&output.name) {
             entry["parameters"] = json!({ "binary_data_size": output.data.len() });
             binary_parts.push(output.data);
         } else {

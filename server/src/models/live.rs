@@ -44,6 +44,8 @@ pub struct TensorSpec {
     pub optional: bool,
     /// The shape the backend sees instead of `dims` (Triton's `reshape`), batch dim excluded.
     pub reshape: Option<Vec<i64>>,
+    /// Class labels from the output's `label_filename`, one per line.
+    pub labels: Option<Vec<String>>,
 }
 
 /// The parts of a live model that run backend code. Fields drop in order: the instances
@@ -90,6 +92,7 @@ fn specs(list: impl Iterator<Item = Declared>) -> Result<Vec<TensorSpec>> {
             dims,
             optional,
             reshape,
+            labels: None,
         })
     })
     .collect()
@@ -200,6 +203,21 @@ impl LiveModel {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
             (t.name.clone(), t.data_type, t.dims.clone(), false, reshape)
         }))?;
+        let mut outputs = outputs;
+        for (spec, declared) in outputs.iter_mut().zip(&config.output) {
+            if declared.label_filename.is_empty() {
+                continue;
+            }
+            let path = std::path::Path::new(model_path.as_ref()).join(&declared.label_filename);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::invalid(format!(
+                    "output '{}': cannot read label file '{}': {e}",
+                    spec.name,
+                    path.display()
+                ))
+            })?;
+            spec.labels = Some(text.lines().map(str::to_string).collect());
+        }
         Ok(LiveModel {
             stats,
             engine: Some(Engine {

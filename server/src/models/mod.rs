@@ -1,6 +1,7 @@
 //! The lifecycle manager: loads model versions through their backends, keeps the routing
 //! table (model, version) → live model, and reports every model's state.
 
+mod classify;
 mod lifecycle;
 mod live;
 mod reshape;
@@ -14,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::plugins::Plugins;
+pub use classify::classify;
 pub use lifecycle::{LoadOverride, LoadValue};
 pub use live::{LiveModel, TensorSpec};
 

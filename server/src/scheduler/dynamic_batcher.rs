@@ -536,6 +536,7 @@ impl Batcher {
             parameters: first.parameters.clone(),
             inputs,
             outputs: first.outputs.clone(),
+            delivery: Vec::new(),
         };
         Work { request, dests }
     }

@@ -302,6 +302,7 @@ fn to_outputs(response: Response, dests: &[Destination]) -> Result<Vec<Outputs>>
                 datatype: output.datatype,
                 shape,
                 data: output.data.slice(start..end),
+                shm: None,
             });
         }
     }
@@ -360,6 +361,7 @@ fn checked_output(output: OutputTensor) -> Result<OutputData> {
         datatype: output.datatype,
         shape: output.shape.into_vec(),
         data: Bytes::from_owner(output.data),
+        shm: None,
     })
 }
 
