@@ -8,7 +8,7 @@ PORT_METRICS ?= 8002
 # Debug build used by the tests, laid out like an install tree.
 TEST_BACKENDS := target/debug/backends
 
-.PHONY: all build run test test-rust test-python lint bench clean
+.PHONY: all build run test test-rust test-python lint bench clean fuzz
 
 all: build
 
@@ -51,3 +51,9 @@ bench: build
 clean:
 	$(CARGO) clean
 	rm -rf dist .venv
+
+## fuzz: run every cargo-fuzz target for FUZZ_RUNS executions (needs `cargo install cargo-fuzz`)
+FUZZ_RUNS ?= 1000000
+fuzz:
+	cd fuzz && for t in http_infer grpc_infer config_pbtxt bytes_tensor; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -s none -- -runs=$(FUZZ_RUNS) || exit 1; done

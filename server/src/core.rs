@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferrum_backend_api::{
-    DataType, HostInferRequest, OutputTensor, ParamValue, Parameter, Response,
-};
+use ferrum_backend_api::{DataType, HostInferRequest, OutputTensor, Parameter, Response};
 
 use crate::error::{Error, Result};
 use crate::models::{IndexEntry, LiveModel, ModelManager};
@@ -401,61 +399,6 @@ impl Core {
             .collect())
     }
 
-    /// An input's bytes from shared memory, when its parameters name a region.
-    pub fn shm_input(&self, tensor: &str, params: &[Parameter]) -> Result<Option<Bytes>> {
-        let Some(target) = self.shm_target(tensor, params)? else {
-            return Ok(None);
-        };
-        target
-            .region
-            .read(target.offset, target.byte_size)
-            .map(Some)
-    }
-
-    /// How a requested output is to be delivered, from its parameters.
-    pub fn output_delivery(&self, name: &str, params: &[Parameter]) -> Result<OutputDelivery> {
-        let classification = int_param(params, "classification", name)?;
-        if classification == Some(0) {
-            return Err(Error::invalid(format!(
-                "output '{name}': classification must ask for at least one class"
-            )));
-        }
-        Ok(OutputDelivery {
-            name: name.to_string(),
-            classification,
-            shm: self.shm_target(name, params)?,
-        })
-    }
-
-    fn shm_target(&self, tensor: &str, params: &[Parameter]) -> Result<Option<ShmTarget>> {
-        let region = match params
-            .iter()
-            .find(|p| p.key.as_str() == "shared_memory_region")
-        {
-            None => return Ok(None),
-            Some(Parameter {
-                value: ParamValue::Str(name),
-                ..
-            }) => self.shm.get(name.as_str())?,
-            Some(_) => {
-                return Err(Error::invalid(format!(
-                    "'{tensor}': shared_memory_region must be a string"
-                )));
-            }
-        };
-        let byte_size = int_param(params, "shared_memory_byte_size", tensor)?.ok_or_else(|| {
-            Error::invalid(format!(
-                "'{tensor}' names a shared memory region but no shared_memory_byte_size"
-            ))
-        })?;
-        let offset = int_param(params, "shared_memory_offset", tensor)?.unwrap_or(0);
-        Ok(Some(ShmTarget {
-            region,
-            offset,
-            byte_size,
-        }))
-    }
-
     /// Runs one inference and returns its response.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let received = Instant::now();
@@ -569,23 +512,6 @@ impl Drop for InFlight {
                 .record_failure(self.received.elapsed(), FailureReason::Canceled);
         }
         self.stats.pending.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A non-negative integer parameter.
-fn int_param(params: &[Parameter], key: &str, owner: &str) -> Result<Option<usize>> {
-    match params
-        .iter()
-        .find(|p| p.key.as_str() == key)
-        .map(|p| &p.value)
-    {
-        None => Ok(None),
-        Some(ParamValue::Int(v)) => usize::try_from(*v)
-            .map(Some)
-            .map_err(|_| Error::invalid(format!("'{owner}': {key} must not be negative"))),
-        Some(_) => Err(Error::invalid(format!(
-            "'{owner}': {key} must be an integer"
-        ))),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
 use crate::proto::inference::repository_index_response::ModelIndex;
 use crate::proto::inference::*;
+use crate::shm::SharedMemory;
 
 /// The gRPC status for a server error.
 pub fn status_of(error: Error) -> Status {
@@ -217,7 +218,10 @@ fn contents_to_bytes(
 }
 
 /// Builds the core request from the wire request.
-fn decode_request(core: &Core, request: ModelInferRequest) -> Result<InferRequest, Error> {
+pub fn decode_request(
+    shm: &SharedMemory,
+    request: ModelInferRequest,
+) -> Result<InferRequest, Error> {
     let version = if request.model_version.is_empty() {
         None
     } else {
@@ -248,7 +252,7 @@ fn decode_request(core: &Core, request: ModelInferRequest) -> Result<InferReques
             ))
         })?;
         let params = from_wire_parameters(input.parameters);
-        let data = match (core.shm_input(&input.name, &params)?, input.contents) {
+        let data = match (shm.input_bytes(&input.name, &params)?, input.contents) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
                     "input '{}' names a shared memory region and also carries contents",
@@ -288,8 +292,7 @@ fn decode_request(core: &Core, request: ModelInferRequest) -> Result<InferReques
     let mut outputs = Vec::with_capacity(request.outputs.len());
     let mut delivery = Vec::with_capacity(request.outputs.len());
     for output in request.outputs {
-        delivery
-            .push(core.output_delivery(&output.name, &from_wire_parameters(output.parameters))?);
+        delivery.push(shm.output_delivery(&output.name, &from_wire_parameters(output.parameters))?);
         outputs.push(output.name);
     }
     Ok(InferRequest {
@@ -343,7 +346,7 @@ fn encode_response(response: InferResponse) -> ModelInferResponse {
 
 impl GrpcFrontend {
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
-        let request = decode_request(&self.core, request)?;
+        let request = decode_request(&self.core.shm, request)?;
         Ok(encode_response(self.core.infer(request).await?))
     }
 }

@@ -18,6 +18,7 @@ use crate::core::{
 };
 use crate::error::{Error, ErrorKind};
 use crate::models::{LoadOverride, LoadValue};
+use crate::shm::SharedMemory;
 
 /// Why CUDA shared memory registration is refused.
 pub const CUDA_SHM_UNSUPPORTED: &str =
@@ -580,7 +581,7 @@ async fn infer_version(
 }
 
 /// How the client wants each output encoded.
-struct OutputPlan {
+pub struct OutputPlan {
     /// (output name, send as binary) for outputs named in the request.
     named: Vec<(String, bool)>,
     /// Binary choice for outputs not named (the `binary_data_output` request parameter).
@@ -603,14 +604,16 @@ async fn run_infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    let (request, plan) = decode_request(&core, model, version, &headers, body)?;
+    let (request, plan) = decode_request(&core.shm, model, version, &headers, body)?;
     let response = core.infer(request).await?;
     Ok(encode_response(response, &plan)?)
 }
 
 /// Splits the body, parses the JSON header and builds the core request.
-fn decode_request(
-    core: &Core,
+/// Splits an infer request body (JSON, or JSON then binary tensor data), parses it and
+/// builds the core request; also returns how each output is to be encoded.
+pub fn decode_request(
+    shm: &SharedMemory,
     model: String,
     version: Option<i64>,
     headers: &HeaderMap,
@@ -676,7 +679,7 @@ fn decode_request(
         let binary_size = input_params
             .iter()
             .find(|p| p.key.as_str() == "binary_data_size");
-        let from_shm = core.shm_input(&name, &input_params)?;
+        let from_shm = shm.input_bytes(&name, &input_params)?;
         let data = match (binary_size, input.get("data")) {
             _ if from_shm.is_some() && (binary_size.is_some() || input.get("data").is_some()) => {
                 return Err(Error::invalid(format!(
@@ -740,7 +743,7 @@ fn decode_request(
             } else {
                 default_binary
             };
-            delivery.push(core.output_delivery(&name, &params)?);
+            delivery.push(shm.output_delivery(&name, &params)?);
             named.push((name, binary));
         }
     }
