@@ -94,6 +94,16 @@ pub struct Server {
 impl Server {
     /// Starts ferrum on free ports and waits until `/v2/health/ready` answers 200.
     pub fn start(repo: &Path, backend_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(repo, backend_dir, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(
+        repo: &Path,
+        backend_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log_dir = tempfile::tempdir().expect("log folder");
         let log = log_dir.path().join("ferrum.log");
         let (http, grpc, metrics) = (free_port(), free_port(), free_port());
@@ -118,6 +128,7 @@ impl Server {
             ])
             .args(["--metrics-port", &metrics.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

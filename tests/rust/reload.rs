@@ -209,3 +209,53 @@ fn reload_under_load_in_poll_mode() {
         "poll",
     );
 }
+
+#[test]
+fn watch_mode_falls_back_to_polling_when_file_events_are_unavailable() {
+    let repo = tempfile::tempdir().unwrap();
+    let backends = tempfile::tempdir().unwrap();
+    install_backend(backends.path(), "testing", &built_library("testing"));
+    let model = repo.path().join("tagged");
+    std::fs::create_dir_all(&model).unwrap();
+    write_config(&model, "");
+    write_version(&model, 1, "first");
+    let server = Server::start_with_env(
+        repo.path(),
+        backends.path(),
+        &["--model-control-mode", "watch"],
+        &[("FERRUM_WATCH_POLL", "1")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("falling back to polling") {
+        assert!(
+            Instant::now() < deadline,
+            "no fallback logged:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    write_version(&model, 2, "second");
+    loop {
+        let (status, body) = server.post(
+            "/v2/models/tagged/infer",
+            &json!({ "inputs": [{ "name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1.0] }] }),
+        );
+        assert_eq!(status, 200, "{body}");
+        let tag = body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "TAG")
+            .unwrap()["data"][0]
+            .clone();
+        if tag == "second" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "polling never picked up version 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.terminate().success());
+}

@@ -65,7 +65,14 @@ async fn tick(tx: mpsc::Sender<()>, every: Duration) {
 
 type Events = mpsc::UnboundedReceiver<()>;
 
+/// Set to a non-empty value to make watch mode poll instead of using file events (for file
+/// systems, such as some network mounts, whose events cannot be trusted).
+pub const FORCE_POLL_ENV: &str = "FERRUM_WATCH_POLL";
+
 fn start_watcher(repositories: &[PathBuf]) -> notify::Result<(notify::RecommendedWatcher, Events)> {
+    if std::env::var_os(FORCE_POLL_ENV).is_some_and(|v| !v.is_empty()) {
+        return Err(notify::Error::generic(&format!("{FORCE_POLL_ENV} is set")));
+    }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
