@@ -37,6 +37,19 @@ pub struct InputTensor {
     pub data: Bytes,
 }
 
+/// Parses a model version as the protocol carries it ("" means the server's choice).
+pub fn parse_version(version: &str) -> Result<Option<i64>> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .map(Some)
+        .ok_or_else(|| Error::invalid(format!("'{version}' is not a valid model version")))
+}
+
 /// Most elements one tensor may have (2^32).
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 32;
 

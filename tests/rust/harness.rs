@@ -72,6 +72,30 @@ pub fn identity_request(values: &[f32]) -> Value {
     })
 }
 
+/// Sends `body` to `model` from another thread; returns once the backend has started
+/// executing it (the testing backend touches `marker`), with the handle to the response.
+pub fn request_in_flight(
+    server: &Server,
+    model: &str,
+    body: Value,
+    marker: &Path,
+) -> std::thread::JoinHandle<Value> {
+    let url = format!("{}/v2/models/{model}/infer", server.http);
+    let handle = std::thread::spawn(move || {
+        let response = ureq::post(&url).send_json(body).expect("in-flight request");
+        response.into_json::<Value>().expect("JSON response")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never started executing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

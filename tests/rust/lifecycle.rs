@@ -24,23 +24,7 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     write_model(repo.path(), "slow", &config);
     let server = Server::start(repo.path(), backends.path(), &[]);
 
-    let url = format!("{}/v2/models/slow/infer", server.http);
-    let in_flight = std::thread::spawn(move || {
-        let response = ureq::post(&url)
-            .send_json(identity_request(&[4.0, 2.0]))
-            .expect("in-flight request");
-        response
-            .into_json::<serde_json::Value>()
-            .expect("JSON response")
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the backend never started executing"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let in_flight = request_in_flight(&server, "slow", identity_request(&[4.0, 2.0]), &marker);
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
     let body = in_flight.join().expect("request thread");
@@ -66,23 +50,7 @@ fn unloading_lets_in_flight_requests_finish() {
         &["--model-control-mode", "explicit", "--load-model", "slow"],
     );
 
-    let url = format!("{}/v2/models/slow/infer", server.http);
-    let in_flight = std::thread::spawn(move || {
-        let response = ureq::post(&url)
-            .send_json(identity_request(&[3.0]))
-            .expect("in-flight request");
-        response
-            .into_json::<serde_json::Value>()
-            .expect("JSON response")
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the backend never started executing"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let in_flight = request_in_flight(&server, "slow", identity_request(&[3.0]), &marker);
     let (status, body) = server.post("/v2/repository/models/slow/unload", &json!({}));
     assert_eq!(status, 200, "{body}");
     let (status, body) = server.post("/v2/models/slow/infer", &identity_request(&[3.0]));

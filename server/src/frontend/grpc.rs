@@ -69,17 +69,7 @@ pub fn service(core: Arc<Core>, max_message: usize) -> GrpcInferenceServiceServe
 }
 
 fn parse_version(version: &str) -> Result<Option<i64>, Status> {
-    if version.is_empty() {
-        return Ok(None);
-    }
-    version
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .map(Some)
-        .ok_or_else(|| {
-            Status::invalid_argument(format!("'{version}' is not a valid model version"))
-        })
+    crate::core::parse_version(version).map_err(status_of)
 }
 
 fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Parameter> {
@@ -222,23 +212,7 @@ pub fn decode_request(
     shm: &SharedMemory,
     request: ModelInferRequest,
 ) -> Result<InferRequest, Error> {
-    let version = if request.model_version.is_empty() {
-        None
-    } else {
-        Some(
-            request
-                .model_version
-                .parse::<i64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "'{}' is not a valid model version",
-                        request.model_version
-                    ))
-                })?,
-        )
-    };
+    let version = crate::core::parse_version(&request.model_version)?;
     // Inputs in shared memory or in typed contents take no raw_input_contents entry; every
     // other input takes the next one, in order.
     let mut raw = request.raw_input_contents.into_iter();

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::tensor_json;
 use crate::core::{
     Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
+    parse_version,
 };
 use crate::error::{Error, ErrorKind};
 use crate::models::{LoadOverride, LoadValue};
@@ -191,18 +192,6 @@ async fn ready(State(core): State<Arc<Core>>) -> StatusCode {
 
 async fn server_metadata() -> axum::Json<Value> {
     axum::Json(json!({ "name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS }))
-}
-
-fn parse_version(version: &str) -> Result<Option<i64>, Error> {
-    if version.is_empty() {
-        return Ok(None);
-    }
-    version
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .map(Some)
-        .ok_or_else(|| Error::invalid(format!("'{version}' is not a valid model version")))
 }
 
 async fn model_metadata(

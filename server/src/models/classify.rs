@@ -63,12 +63,22 @@ pub fn classify(
     } else {
         1
     };
-        let per_row = output.data.len() / size / rows;
+    let per_row = output.data.len() / size / rows;
     let k = k.min(per_row);
     if per_row == 0 {
-        let shape = if batched { vec![rows as i64, 0] } else { vec![0] };
+        let shape = if batched {
+            vec![rows as i64, 0]
+        } else {
+            vec![0]
+        };
         let data = Bytes::new();
-        return Ok(OutputData { name: output.name.clone(), datatype: DataType::BYTES, shape, data, shm: None });
+        return Ok(OutputData {
+            name: output.name.clone(),
+            datatype: DataType::BYTES,
+            shape,
+            data,
+            shm: None,
+        });
     }
     let mut items = Vec::with_capacity(rows * k);
     for row in output.data.chunks(per_row * size).take(rows) {
