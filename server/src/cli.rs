@@ -162,6 +162,10 @@ pub struct Args {
     #[arg(long, default_value_t = false)]
     pub disable_auto_complete_config: bool,
 
+        /// On shutdown, how long to wait for open requests and streams before exiting anyway.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub exit_timeout_secs: u64,
+
     /// Largest request body or gRPC message accepted, in bytes (tritonserver: --http-max-input-size).
     #[arg(long, alias = "http-max-input-size", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_request_size: usize,

@@ -160,8 +160,18 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
     tracing::info!("shutting down: finishing in-flight requests");
     core.begin_shutdown();
     let _ = stop_tx.send(true);
-    for task in tasks {
-        task.await.context("server task panicked")??;
+        let drain = async {
+        for task in tasks {
+            task.await.context("server task panicked")??;
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(args.exit_timeout_secs), drain).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            "connections still open after --exit-timeout-secs={}; stopping anyway",
+            args.exit_timeout_secs
+        ),
     }
     tokio::task::spawn_blocking(move || models.unload_all())
         .await
