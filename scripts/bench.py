@@ -62,7 +62,14 @@ def simple_inputs(module):
     return inputs
 
 
-CASES = {"simple": simple_inputs}
+def pytorch_mlp_inputs(module):
+    x = np.random.default_rng(7).standard_normal((8, 32)).astype(np.float32)
+    inputs = [module.InferInput("INPUT__0", list(x.shape), "FP32")]
+    inputs[0].set_data_from_numpy(x)
+    return inputs
+
+
+CASES = {"simple": simple_inputs, "pytorch_mlp": pytorch_mlp_inputs}
 
 
 def run_case(protocol, url, model, concurrency, seconds):

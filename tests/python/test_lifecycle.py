@@ -31,6 +31,7 @@ def _refuses_connections(port: int) -> bool:
 def test_custom_repository_subset(server_factory, model_repository_copy):
     shutil.rmtree(model_repository_copy / "simple_string")
     shutil.rmtree(model_repository_copy / "simple_identity")
+    shutil.rmtree(model_repository_copy / "pytorch_mlp", ignore_errors=True)
     srv = server_factory(model_repository_copy)
 
     with httpclient.InferenceServerClient(srv.http_url) as client:
