@@ -94,7 +94,7 @@ dynamic_batching { }
         assert_eq!(
             found,
             vec![
-                "input[A].reshape".to_string(),
+                "input[A].is_shape_tensor".to_string(),
                 "dynamic_batching".to_string()
             ]
         );
