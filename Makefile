@@ -17,7 +17,7 @@ all: build
 libtorch:
 	scripts/fetch-libtorch.sh >/dev/null
 
-# TorchScript models traced with libtorch (not in git): the example MLP of model_repository/
+# TorchScript models made with libtorch (not in git): the example MLP of model_repository/
 # and the test models. Remade only when their generator changed.
 TORCH_MODEL_GEN := backends/pytorch/examples/make_torch_models.rs
 TORCH_MODELS := model_repository/pytorch_mlp/1/model.pt tests/models/pytorch/.generated

@@ -491,8 +491,13 @@ def test_triton_parameters(server_factory, tmp_path):
     )
     _mlp_copy(repo, "tuned", _mlp_config(
         "tuned", params + "\ninstance_group [ { count: 3 kind: KIND_CPU } ]"))
+    # Thread pools are process-wide: a second model asking for another size is told it lost.
+    _mlp_copy(repo, "tuned_later", _mlp_config(
+        "tuned_later",
+        'parameters { key: "INTRA_OP_THREAD_COUNT" value { string_value: "2" } }'))
     srv = server_factory(repo)
     assert _index(srv)["tuned"]["state"] == "READY", _index(srv)
+    assert _index(srv)["tuned_later"]["state"] == "READY", _index(srv)
     for batch in (1, 8):
         for protocol in PROTOCOLS:
             x = (np.random.default_rng(batch).integers(-16, 17, (batch, 32)) / 16).astype(
@@ -502,6 +507,8 @@ def test_triton_parameters(server_factory, tmp_path):
             assert_same(out["OUTPUT__0"], mlp_reference(x), f"batch {batch} {protocol}")
     log = srv.stderr_text() + srv.stdout_text()
     assert "INTRA_OP_THREAD_COUNT set to 1" in log, log[-3000:]
+    assert "INTER_OP_THREAD_COUNT set to 1" in log, log[-3000:]
+    assert "INTRA_OP_THREAD_COUNT=2 ignored" in log, log[-3000:]
     assert "ENABLE_CACHE_CLEANING only applies on a GPU" in log, log[-3000:]
 
 
