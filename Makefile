@@ -8,14 +8,32 @@ PORT_METRICS ?= 8002
 # Debug build used by the tests, laid out like an install tree.
 TEST_BACKENDS := target/debug/backends
 
-.PHONY: all build run test test-rust test-python lint bench clean fuzz
+.PHONY: all build run test test-rust test-python lint bench clean fuzz libtorch
 
 all: build
 
+## libtorch: fetch libtorch for the pytorch backend into the download cache (once) and point
+## .deps/libtorch at it, where .cargo/config.toml's LIBTORCH looks; every build runs it first
+libtorch:
+	scripts/fetch-libtorch.sh >/dev/null
+
+# TorchScript models made with libtorch (not in git): the example MLP of model_repository/
+# and the test models. Remade only when their generator changed.
+TORCH_MODEL_GEN := backends/pytorch/examples/make_torch_models.rs
+TORCH_MODELS := model_repository/pytorch_mlp/1/model.pt tests/models/pytorch/.generated
+# Cargo profile flag for the generator; `build` uses its release build.
+TORCH_MODELS_PROFILE ?=
+
+$(TORCH_MODELS) &: $(TORCH_MODEL_GEN)
+	$(CARGO) run --quiet $(TORCH_MODELS_PROFILE) -p ferrum-backend-pytorch \
+		--example make_torch_models -- model_repository tests/models/pytorch
+	touch tests/models/pytorch/.generated
+
 ## build: release build, laid out as the relocatable install tree dist/
-build:
+build: libtorch
 	$(CARGO) build --release --workspace
 	scripts/layout.sh target/release dist
+	$(MAKE) --no-print-directory TORCH_MODELS_PROFILE=--release $(TORCH_MODELS)
 
 ## run: build and serve model_repository/ on 8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 run: build
@@ -26,9 +44,10 @@ run: build
 test: test-build test-rust test-python
 
 .PHONY: test-build
-test-build:
+test-build: libtorch
 	$(CARGO) build --workspace --all-targets
 	scripts/layout.sh target/debug target/debug-dist
+	$(MAKE) --no-print-directory $(TORCH_MODELS)
 	rm -rf $(TEST_BACKENDS) && cp -r target/debug-dist/backends $(TEST_BACKENDS)
 
 test-rust: test-build
@@ -39,7 +58,7 @@ test-python: test-build
 	.venv/bin/python -m pytest -n 2 tests/python
 
 ## lint: formatting and clippy, as CI wants them
-lint:
+lint: libtorch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -50,7 +69,7 @@ bench: build
 
 clean:
 	$(CARGO) clean
-	rm -rf dist .venv
+	rm -rf dist .venv model_repository/pytorch_mlp/1 tests/models/pytorch
 
 ## fuzz: run every cargo-fuzz target for FUZZ_RUNS executions (needs `cargo install cargo-fuzz`)
 FUZZ_RUNS ?= 1000000

@@ -89,8 +89,12 @@ def inputs_for(model, module):
         inputs[0].set_data_from_numpy(a)
         inputs[1].set_data_from_numpy(a)
         return inputs
-    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
-    inputs = [module.InferInput("INPUT0", [1, 16], "FP32")]
+    if model.startswith("pytorch_mlp"):
+        x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 32)
+        inputs = [module.InferInput("INPUT__0", [1, 32], "FP32")]
+    else:
+        x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+        inputs = [module.InferInput("INPUT0", [1, 16], "FP32")]
     inputs[0].set_data_from_numpy(x)
     return inputs
 
