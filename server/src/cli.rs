@@ -162,7 +162,7 @@ pub struct Args {
     #[arg(long, default_value_t = false)]
     pub disable_auto_complete_config: bool,
 
-        /// On shutdown, how long to wait for open requests and streams before exiting anyway.
+    /// On shutdown, how long to wait for open requests and streams before exiting anyway.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub exit_timeout_secs: u64,
 

@@ -160,7 +160,7 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
     tracing::info!("shutting down: finishing in-flight requests");
     core.begin_shutdown();
     let _ = stop_tx.send(true);
-        let drain = async {
+    let drain = async {
         for task in tasks {
             task.await.context("server task panicked")??;
         }

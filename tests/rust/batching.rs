@@ -300,42 +300,53 @@ fn full_queues_reject_and_timeouts_reject_or_delay() {
 
 #[test]
 fn preserve_ordering_holds_back_responses_that_finish_early() {
-    let extra_ordered = "dynamic_batching { preserve_ordering: true }";
-    let params = [("sleep_from_input", "true")];
+    let markers = tempfile::tempdir().unwrap();
+    let marker = |model: &str| markers.path().join(model);
+    let config = |extra: &str, model: &str| {
+        let m = marker(model).to_string_lossy().to_string();
+        batch_config(
+            1,
+            2,
+            extra,
+            &[("sleep_from_input", "true"), ("marker_file", m.as_str())],
+        )
+    };
     let (server, _r, _b) = start(&[
-        ("ordered", batch_config(1, 2, extra_ordered, &params)),
         (
-            "unordered",
-            batch_config(1, 2, "dynamic_batching { }", &params),
+            "ordered",
+            config("dynamic_batching { preserve_ordering: true }", "ordered"),
         ),
+        ("unordered", config("dynamic_batching { }", "unordered")),
     ]);
     for (model, ordered) in [("ordered", true), ("unordered", false)] {
+        // A slow request (600 ms) is executing on one instance when a fast one arrives and
+        // runs on the other.
         let url = format!("{}/v2/models/{model}/infer", server.http);
         let slow = std::thread::spawn({
             let url = url.clone();
             move || {
                 ureq::post(&url)
-                    .send_json(request(1, 400.0, json!({})))
-                    .unwrap();
-                Instant::now()
+                    .send_json(request(1, 600.0, json!({})))
+                    .unwrap()
+                    .status()
             }
         });
-        // Let the slow request reach the batcher first.
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for(&marker(model));
+        let sent = Instant::now();
         ureq::post(&url)
             .send_json(request(1, 1.0, json!({})))
             .unwrap();
-        let fast_done = Instant::now();
-        let slow_done = slow.join().unwrap();
+        let fast_latency = sent.elapsed();
+        assert_eq!(slow.join().unwrap(), 200);
         if ordered {
             assert!(
-                fast_done >= slow_done,
-                "the later request was answered before the earlier one"
+                fast_latency >= Duration::from_millis(300),
+                "the later request was answered after {fast_latency:?}, before the earlier one finished"
             );
         } else {
             assert!(
-                fast_done < slow_done,
-                "without preserve_ordering the fast request should not wait"
+                fast_latency < Duration::from_millis(300),
+                "without preserve_ordering the fast request waited {fast_latency:?}"
             );
         }
     }

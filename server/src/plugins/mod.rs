@@ -109,6 +109,39 @@ impl Plugins {
         Ok(backend)
     }
 
+    /// Copies a library into a folder of its own and links every other file of its backend
+    /// folder beside it. The dynamic loader hands back the library it already has for a file
+    /// it has seen (same path or inode), so a replaced file is only picked up from a fresh
+    /// copy; and a file overwritten in place never changes code that is running. The links
+    /// keep the copy's `$ORIGIN` run path finding the runtime libraries shipped beside it.
+    fn private_copy(&self, name: &str, path: &Path) -> Result<PathBuf> {
+        let n = self
+            .copy_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let folder = self.copies.path().join(format!("{name}.{n}"));
+        let fail = |e: std::io::Error| {
+            Error::unavailable(format!(
+                "backend '{name}' library '{}' cannot be copied for loading: {e}",
+                path.display()
+            ))
+        };
+        std::fs::create_dir_all(&folder).map_err(fail)?;
+        let file_name = path.file_name().unwrap_or_default();
+        let copy = folder.join(file_name);
+        std::fs::copy(path, &copy).map_err(fail)?;
+        // Absolute targets: the backend directory may have been given as a relative path.
+        let parent = path.parent().and_then(|p| p.canonicalize().ok());
+        if let Some(siblings) = parent.and_then(|p| std::fs::read_dir(p).ok()) {
+            for sibling in siblings.flatten() {
+                if sibling.file_name() != file_name {
+                    std::os::unix::fs::symlink(sibling.path(), folder.join(sibling.file_name()))
+                        .map_err(fail)?;
+                }
+            }
+        }
+        Ok(copy)
+    }
+
     fn load(&self, name: &str, path: &Path) -> Result<LoadedBackend> {
         if !path.is_file() {
             return Err(Error::unavailable(format!(
@@ -123,19 +156,8 @@ impl Plugins {
                 path.display()
             ))
         })?;
-        // Load from a private copy: the dynamic loader hands back an already-loaded library
-        // for a path it has seen, so a replaced file would otherwise never be picked up.
-        let n = self
-            .copy_count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let copy = self.copies.path().join(format!("libferrum_{name}.{n}.so"));
-        std::fs::copy(path, &copy).map_err(|e| {
-            Error::unavailable(format!(
-                "backend '{name}' library '{}' cannot be copied for loading: {e}",
-                path.display()
-            ))
-        })?;
-        let header = lib_header_from_path(&copy).map_err(|e| library_error(name, path, e))?;
+        let load_path = self.private_copy(name, path)?;
+        let header = lib_header_from_path(&load_path).map_err(|e| library_error(name, path, e))?;
         let root = header
             .init_root_module::<BackendLibRef>()
             .map_err(|e| library_error(name, path, e))?;
