@@ -177,7 +177,7 @@ fn higher_priority_requests_run_first() {
     let url = format!("{}/v2/models/prio/infer", server.http);
     let blocker = std::thread::spawn(move || {
         ureq::post(&url)
-            .send_json(request(1, 400.0, json!({})))
+            .send_json(request(1, 800.0, json!({})))
             .unwrap()
             .status()
     });
