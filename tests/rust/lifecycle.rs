@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use ferrum_e2e::*;
 use serde_json::json;
 
-#[test]
-fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+/// A server with one model, `slow`, that sleeps `sleep_ms` per request and touches the
+/// returned marker file when it starts executing one.
+fn slow_model_server(
+    sleep_ms: &str,
+    args: &[&str],
+) -> (Server, std::path::PathBuf, [tempfile::TempDir; 2]) {
     let repo = tempfile::tempdir().unwrap();
     let backends = tempfile::tempdir().unwrap();
     let marker = repo.path().join("started");
@@ -19,10 +23,16 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let config = identity_config(
         "slow",
         "testing",
-        &[("sleep_ms", "1500"), ("marker_file", &marker_text)],
+        &[("sleep_ms", sleep_ms), ("marker_file", &marker_text)],
     );
     write_model(repo.path(), "slow", &config);
-    let server = Server::start(repo.path(), backends.path(), &[]);
+    let server = Server::start(repo.path(), backends.path(), args);
+    (server, marker, [repo, backends])
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let (server, marker, _dirs) = slow_model_server("1500", &[]);
 
     let in_flight = request_in_flight(&server, "slow", identity_request(&[4.0, 2.0]), &marker);
     let status = server.terminate();
@@ -33,23 +43,10 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 
 #[test]
 fn unloading_lets_in_flight_requests_finish() {
-    let repo = tempfile::tempdir().unwrap();
-    let backends = tempfile::tempdir().unwrap();
-    let marker = repo.path().join("started");
-    install_backend(backends.path(), "testing", &built_library("testing"));
-    let marker_text = marker.to_string_lossy().to_string();
-    let config = identity_config(
-        "slow",
-        "testing",
-        &[("sleep_ms", "1000"), ("marker_file", &marker_text)],
-    );
-    write_model(repo.path(), "slow", &config);
-    let server = Server::start(
-        repo.path(),
-        backends.path(),
+    let (server, marker, _dirs) = slow_model_server(
+        "1000",
         &["--model-control-mode", "explicit", "--load-model", "slow"],
     );
-
     let in_flight = request_in_flight(&server, "slow", identity_request(&[3.0]), &marker);
     let (status, body) = server.post("/v2/repository/models/slow/unload", &json!({}));
     assert_eq!(status, 200, "{body}");

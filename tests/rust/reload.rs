@@ -96,14 +96,21 @@ fn client(url: String, id: usize, stop: Arc<AtomicBool>, observed: Arc<Mutex<Obs
     }
 }
 
-fn reload_under_load(mode_args: &[&str], label: &str) {
+/// A repository with the `tagged` model at version 1 tagged `tag`, and a backend directory
+/// with the testing backend; returns the model's folder too.
+fn tagged_repository(tag: &str) -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
     let repo = tempfile::tempdir().unwrap();
     let backends = tempfile::tempdir().unwrap();
     install_backend(backends.path(), "testing", &built_library("testing"));
     let model = repo.path().join("tagged");
     std::fs::create_dir_all(&model).unwrap();
     write_config(&model, "");
-    write_version(&model, 1, "v1-a");
+    write_version(&model, 1, tag);
+    (repo, backends, model)
+}
+
+fn reload_under_load(mode_args: &[&str], label: &str) {
+    let (repo, backends, model) = tagged_repository("v1-a");
     let server = Server::start(repo.path(), backends.path(), mode_args);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -212,13 +219,7 @@ fn reload_under_load_in_poll_mode() {
 
 #[test]
 fn watch_mode_falls_back_to_polling_when_file_events_are_unavailable() {
-    let repo = tempfile::tempdir().unwrap();
-    let backends = tempfile::tempdir().unwrap();
-    install_backend(backends.path(), "testing", &built_library("testing"));
-    let model = repo.path().join("tagged");
-    std::fs::create_dir_all(&model).unwrap();
-    write_config(&model, "");
-    write_version(&model, 1, "first");
+    let (repo, backends, model) = tagged_repository("first");
     let server = Server::start_with_env(
         repo.path(),
         backends.path(),
