@@ -862,13 +862,12 @@ fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Respons
     }
     let json_len = json_bytes.len();
     let total = json_len + binary_parts.iter().map(Bytes::len).sum::<usize>();
-    let mut body = Vec::with_capacity(total);
-    body.extend_from_slice(&json_bytes);
-    for part in &binary_parts {
-        body.extend_from_slice(part);
-    }
-    let mut response = body.into_response();
+    // The output buffers go out as they are (slices of what the backend produced), no copy.
+    let chunks = std::iter::once(Bytes::from(json_bytes)).chain(binary_parts);
+    let stream = tokio_stream::iter(chunks.map(Ok::<Bytes, std::convert::Infallible>));
+    let mut response = axum::body::Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
