@@ -226,3 +226,19 @@ def test_opentelemetry_export(server_factory):
         assert [e["name"] for e in span["events"]][0] == "REQUEST_START"
     finally:
         collector.shutdown()
+
+
+def test_grafana_dashboard_reads_metrics_the_server_exports(server):
+    import re
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\bnv_[a-z_]+", target["expr"]))
+    exported = {name for name, _ in scrape(server)}
+    exported |= {n[: -len("_total")] for n in exported if n.endswith("_total")}
+    gpu_only = {n for n in used if n.startswith(("nv_gpu_", "nv_energy"))}
+    missing = used - gpu_only - exported
+    assert not missing, f"the dashboard queries metrics the server does not export: {missing}"
+    assert len(used - gpu_only) >= 8
