@@ -166,3 +166,49 @@ fn backend_libraries_dropped_in_or_replaced_at_run_time() {
     );
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_backend_can_run_inference_on_another_model_through_the_server() {
+    let repo = tempfile::tempdir().unwrap();
+    let backends = tempfile::tempdir().unwrap();
+    install_backend(backends.path(), "identity", &built_library("identity"));
+    install_backend(backends.path(), "testing", &built_library("testing"));
+    write_model(
+        repo.path(),
+        "good",
+        &identity_config("good", "identity", &[]),
+    );
+    let params = [("mode", "forward"), ("forward_to", "good")];
+    write_model(
+        repo.path(),
+        "pipeline",
+        &identity_config("pipeline", "testing", &params),
+    );
+    let params = [("mode", "forward"), ("forward_to", "nowhere")];
+    write_model(
+        repo.path(),
+        "broken_pipeline",
+        &identity_config("broken_pipeline", "testing", &params),
+    );
+    let server = Server::start(repo.path(), backends.path(), &[]);
+
+    let (status, body) = server.post("/v2/models/pipeline/infer", &identity_request(&[2.5, -1.0]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([2.5, -1.0]));
+    let (_, stats) = server.get("/v2/models/good/stats");
+    assert_eq!(
+        stats["model_stats"][0]["inference_stats"]["success"]["count"], 1,
+        "{stats}"
+    );
+
+    let (status, body) = server.post(
+        "/v2/models/broken_pipeline/infer",
+        &identity_request(&[1.0]),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("nowhere"),
+        "{body}"
+    );
+    assert!(server.terminate().success());
+}
