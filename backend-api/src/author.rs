@@ -230,14 +230,15 @@ impl<T> Drop for Guarded<T> {
 
 static HOST: OnceLock<Host> = OnceLock::new();
 
-/// Writes a message to the server's log (no-op before the backend is created).
+/// This library's backend name (its folder in the backend directory), for log lines.
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// Writes a message to the server's log, tagged with the backend's name (no-op before the
+/// backend is created).
 pub fn log(level: LogLevel, message: &str) {
     if let Some(host) = HOST.get() {
-        host.log(
-            level,
-            RStr::from_str(module_path!()),
-            RStr::from_str(message),
-        );
+        let name = NAME.get().map_or("backend", String::as_str);
+        host.log(level, RStr::from_str(name), RStr::from_str(message));
     }
 }
 
@@ -334,6 +335,13 @@ pub extern "C" fn create_backend<B: Backend>(
             serde_json::from_str(config_json.as_str())
                 .map_err(|e| BackendError::internal(format!("backend config is not JSON: {e}")))?
         };
+        let folder = config
+            .get("backend_directory")
+            .and_then(|d| d.as_str())
+            .map(std::path::Path::new);
+        if let Some(name) = folder.and_then(|d| d.file_name()).and_then(|n| n.to_str()) {
+            let _ = NAME.set(name.to_string());
+        }
         let backend = B::new(&config)?;
         Ok(BackendObj_TO::from_value(
             BackendAdapter(Guarded::new(backend)),
