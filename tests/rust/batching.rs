@@ -379,3 +379,40 @@ fn gpu_instances_fail_cleanly_without_a_gpu() {
         .to_string();
     assert!(reason.contains("KIND_GPU"), "{reason}");
 }
+
+#[test]
+fn requests_with_different_shapes_are_not_merged() {
+    let config = batch_config(
+        8,
+        1,
+        "dynamic_batching { max_queue_delay_microseconds: 300000 }",
+        &[],
+    );
+    let (server, _r, _b) = start(&[("shapes", config)]);
+    let body = |width: usize, value: f32| json!({ "inputs": [{ "name": "INPUT0", "datatype": "FP32", "shape": [1, width], "data": vec![value; width] }] });
+    let bodies: Vec<Value> = (0..6)
+        .map(|i| {
+            if i % 2 == 0 {
+                body(2, i as f32)
+            } else {
+                body(3, i as f32)
+            }
+        })
+        .collect();
+    let results = concurrently(&server, "shapes", bodies);
+    for (i, (status, response, _)) in results.iter().enumerate() {
+        assert_eq!(*status, 200, "{response}");
+        let width = if i % 2 == 0 { 2 } else { 3 };
+        let output = response["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "OUTPUT0")
+            .unwrap();
+        assert_eq!(output["data"], json!(vec![i as f32; width]));
+        assert!(
+            batch_seen(response) <= 3,
+            "requests of different shapes were merged: {response}"
+        );
+    }
+}
