@@ -82,26 +82,39 @@ install_torch_offline() {
         --requirement "$REQ_TORCH"
 }
 
+# Downloads what requirements-torch.txt needs into $WHEELS. Into a fresh folder first, then
+# each complete file renamed into place: an interrupted download never leaves half a wheel
+# where pip would take it for a whole one. Wheels already in $WHEELS are copied instead of
+# downloaded again. --no-cache-dir: the wheels are kept here, a second copy in pip's cache
+# would only take room.
+download_torch_wheels() {
+    echo "setup-python: downloading the torch wheels into $WHEELS"
+    download_tmp=$(mktemp -d "$WHEELS/.download.XXXXXX")
+    trap 'rm -rf -- "$download_tmp"' EXIT
+    "$VENV/bin/python" -m pip download --quiet --no-cache-dir --dest "$download_tmp" \
+        --find-links "$WHEELS" --requirement "$REQ_TORCH"
+    mv -f -- "$download_tmp"/*.whl "$WHEELS/"
+    rm -rf -- "$download_tmp"
+    trap - EXIT
+}
+
 mkdir -p "$WHEELS"
 if ! install_torch_offline 2>/dev/null; then
-    # One download at a time into the shared folder (other clones may be setting up too).
+    # One download at a time into the shared folder (other clones may be setting up too);
+    # one that waited tries the folder again first.
     exec 9>"$WHEELS/.lock"
     flock 9
-    echo "setup-python: downloading the torch wheels into $WHEELS"
-    # Into a fresh folder first, then each complete file renamed into place: an interrupted
-    # download never leaves half a wheel where pip would take it for a whole one. Wheels
-    # already in $WHEELS are copied instead of downloaded again. --no-cache-dir: the wheels
-    # are kept here, a second copy in pip's cache would only take room.
-    tmp=$(mktemp -d "$WHEELS/.download.XXXXXX")
-    trap 'rm -rf -- "$tmp"' EXIT
-    "$VENV/bin/python" -m pip download --quiet --no-cache-dir --dest "$tmp" \
-        --find-links "$WHEELS" --requirement "$REQ_TORCH"
-    mv -f -- "$tmp"/*.whl "$WHEELS/"
-    rm -rf -- "$tmp"
-    trap - EXIT
+    installed=no
+    if install_torch_offline 2>/dev/null; then
+        installed=yes
+    else
+        download_torch_wheels
+    fi
     flock -u 9
     exec 9>&-
-    install_torch_offline
+    if [[ $installed == no ]]; then
+        install_torch_offline
+    fi
 fi
 
 # Check that everything the suite imports really imports.
