@@ -17,23 +17,22 @@ all: build
 libtorch:
 	scripts/fetch-libtorch.sh >/dev/null
 
-# TorchScript models made with libtorch (not in git): the example MLP of model_repository/
-# and the test models. Remade only when their generator changed.
-TORCH_MODEL_GEN := backends/pytorch/examples/make_torch_models.rs
+# TorchScript models traced with Python torch (not in git): the example MLP of
+# model_repository/ and the test models. Remade only when their generator or the pinned torch
+# changed. The generator runs in .venv, which scripts/setup-python.sh brings up to date first.
+TORCH_MODEL_GEN := scripts/make-torch-models.py
 TORCH_MODELS := model_repository/pytorch_mlp/1/model.pt tests/models/pytorch/.generated
-# Cargo profile flag for the generator; `build` uses its release build.
-TORCH_MODELS_PROFILE ?=
 
-$(TORCH_MODELS) &: $(TORCH_MODEL_GEN)
-	$(CARGO) run --quiet $(TORCH_MODELS_PROFILE) -p ferrum-backend-pytorch \
-		--example make_torch_models -- model_repository tests/models/pytorch
+$(TORCH_MODELS) &: $(TORCH_MODEL_GEN) tests/python/requirements-torch.txt
+	scripts/setup-python.sh
+	.venv/bin/python $(TORCH_MODEL_GEN) model_repository tests/models/pytorch
 	touch tests/models/pytorch/.generated
 
 ## build: release build, laid out as the relocatable install tree dist/
 build: libtorch
 	$(CARGO) build --release --workspace
 	scripts/layout.sh target/release dist
-	$(MAKE) --no-print-directory TORCH_MODELS_PROFILE=--release $(TORCH_MODELS)
+	$(MAKE) --no-print-directory $(TORCH_MODELS)
 
 ## run: build and serve model_repository/ on 8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 run: build

@@ -135,7 +135,8 @@ def run_case(protocol, url, model, concurrency, seconds):
 
 def raw_throughput(runtime, path: Path, seconds: float):
     """Batch-1 inferences per second of the runtime's own Python API, in this process."""
-    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+    features = 32 if runtime == "torch" else 16  # pytorch_mlp takes 32 features
+    x = np.linspace(-1, 1, features, dtype=np.float32).reshape(1, features)
     try:
         if runtime == "onnxruntime":
             import onnxruntime as ort

@@ -1,5 +1,5 @@
-//! Compiles the small C++ shim against libtorch's headers and sets where the plugin, its tests
-//! and its examples find libtorch at run time.
+//! Compiles the small C++ shim against libtorch's headers and sets where the plugin and its
+//! tests find libtorch at run time.
 
 use std::path::PathBuf;
 
@@ -29,14 +29,13 @@ fn main() {
     // The installed plugin finds libtorch beside itself (backends/pytorch/runtime.sh puts it
     // there), never in the download cache.
     println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN");
-    // Tests and examples run from target/: they load the cached libtorch, through its real
-    // folder so that libtorch's own $ORIGIN-relative RPATH finds the CUDA runtime stubs.
+    // Tests run from target/: they load the cached libtorch, through its real folder so that
+    // libtorch's own $ORIGIN-relative RPATH finds the CUDA runtime stubs.
     let torch_cpu = libtorch.join("lib/libtorch_cpu.so");
     if let Some(dir) = std::fs::canonicalize(&torch_cpu)
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
     {
         println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", dir.display());
-        println!("cargo:rustc-link-arg-examples=-Wl,-rpath,{}", dir.display());
     }
 }

@@ -1,12 +1,10 @@
 // C entry points into libtorch for what tch does not expose: the inference-mode and
-// graph-optimizer guards around an execution, the JIT executor mode, the thread pools, and
-// compiling TorchScript source into a saved module (for the model generator and the tests).
+// graph-optimizer guards around an execution, the JIT executor mode and the thread pools.
 // Every entry point catches C++ exceptions; none lets one cross into Rust.
 
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
-#include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <cstdio>
@@ -85,28 +83,6 @@ int ferrum_torch_set_intra_op_threads(int threads, char* error, size_t error_len
 int ferrum_torch_set_inter_op_threads(int threads, char* error, size_t error_length) noexcept {
   try {
     at::set_num_interop_threads(threads);
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(e.what(), error, error_length);
-  } catch (...) {
-    write_error("unknown C++ exception", error, error_length);
-  }
-  return -1;
-}
-
-// Compiles TorchScript `source` (the methods of a module, `forward` among them) into a module
-// named `name` that holds `count` tensors as buffers, and saves it to `path`. `buffers` are
-// tch tensor handles (at::Tensor pointers). Returns 0, or -1 with the reason in `error`.
-int ferrum_torch_script_and_save(const char* name, const char* source, const char** buffer_names,
-                                 at::Tensor* const* buffers, int count, const char* path,
-                                 char* error, size_t error_length) noexcept {
-  try {
-    torch::jit::Module module(name);
-    for (int i = 0; i < count; ++i) {
-      module.register_buffer(buffer_names[i], *buffers[i]);
-    }
-    module.define(source);
-    module.save(path);
     return 0;
   } catch (const std::exception& e) {
     write_error(e.what(), error, error_length);

@@ -1,8 +1,7 @@
 //! Safe wrappers over `shim.cpp`: what tch does not expose of libtorch.
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::marker::PhantomData;
-use std::path::Path;
 
 unsafe extern "C" {
     fn ferrum_torch_guard_enter(
@@ -20,17 +19,6 @@ unsafe extern "C" {
     ) -> c_int;
     fn ferrum_torch_set_inter_op_threads(
         threads: c_int,
-        error: *mut c_char,
-        error_length: usize,
-    ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    fn ferrum_torch_script_and_save(
-        name: *const c_char,
-        source: *const c_char,
-        buffer_names: *const *const c_char,
-        buffers: *const *const c_void,
-        count: c_int,
-        path: *const c_char,
         error: *mut c_char,
         error_length: usize,
     ) -> c_int;
@@ -115,51 +103,6 @@ pub fn set_inter_op_threads(threads: i32) -> Result<(), String> {
     // SAFETY: the buffer outlives the call and its length is passed along.
     let rc =
         unsafe { ferrum_torch_set_inter_op_threads(threads, error.as_mut_ptr(), ERROR_BUFFER) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(message(&error))
-    }
-}
-
-/// Compiles TorchScript `source` (a module's methods, `forward` among them) into a module that
-/// holds `buffers` (reachable as `self.<name>`), and saves it as a TorchScript file at `path`.
-/// Used to make test and example models without Python.
-pub fn script_and_save(
-    name: &str,
-    source: &str,
-    buffers: &[(&str, &tch::Tensor)],
-    path: &Path,
-) -> Result<(), String> {
-    let cstring = |s: &str| CString::new(s).map_err(|_| format!("'{s}' contains a NUL byte"));
-    let name = cstring(name)?;
-    let source = cstring(source)?;
-    let path = path
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
-        .and_then(cstring)?;
-    let names = buffers
-        .iter()
-        .map(|(n, _)| cstring(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
-    let tensor_ptrs: Vec<*const c_void> = buffers.iter().map(|(_, t)| t.as_ptr().cast()).collect();
-    let count = c_int::try_from(buffers.len()).map_err(|_| "too many buffers".to_string())?;
-    let mut error = [0 as c_char; ERROR_BUFFER];
-    // SAFETY: every pointer refers to a live CString or tch tensor for the whole call; the
-    // arrays hold `count` entries; the error buffer's length is passed along.
-    let rc = unsafe {
-        ferrum_torch_script_and_save(
-            name.as_ptr(),
-            source.as_ptr(),
-            name_ptrs.as_ptr(),
-            tensor_ptrs.as_ptr(),
-            count,
-            path.as_ptr(),
-            error.as_mut_ptr(),
-            ERROR_BUFFER,
-        )
-    };
     if rc == 0 {
         Ok(())
     } else {
