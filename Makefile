@@ -45,6 +45,7 @@ test: test-build test-rust test-python
 .PHONY: test-build
 test-build: libtorch
 	$(CARGO) build --workspace --all-targets
+	CARGO=$(CARGO) scripts/build-compat-plugins.sh target
 	scripts/layout.sh target/debug target/debug-dist
 	$(MAKE) --no-print-directory $(TORCH_MODELS)
 	rm -rf $(TEST_BACKENDS) && cp -r target/debug-dist/backends $(TEST_BACKENDS)

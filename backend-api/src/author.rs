@@ -8,17 +8,16 @@ use std::sync::{Arc, OnceLock};
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 
 use crate::ffi::{
-    ABI_VERSION, BackendBox, BackendLib, BackendLibRef, BackendObj, BackendObj_TO, Host,
-    HostInferRequest, InstanceBox, InstanceObj, InstanceObj_TO, ModelBox, ModelObj, ModelObj_TO,
-    Request,
+    BackendBox, BackendLib, BackendLibRef, BackendObj, BackendObj_TO, Host, InstanceBox,
+    InstanceInfoBox, InstanceObj, InstanceObj_TO, ModelBox, ModelInfoBox, ModelObj, ModelObj_TO,
+    RequestBox,
 };
-use crate::types::{
-    BackendError, ErrorCode, InstanceArgs, InstanceKind, LogLevel, ModelArgs, OutputTensor,
-    Parameter, Response, Tensor,
-};
+use crate::request::{InferResult, Parameter, Request, Tensor};
+use crate::response::{OutputTensor, Response};
+use crate::types::{BackendError, ErrorCode, InstanceKind, LogLevel};
 
 /// A backend library's entry point: one value per loaded library.
 pub trait Backend: Send + Sync + Sized + 'static {
@@ -32,6 +31,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// Loads one version of a model.
     fn load_model(&self, ctx: &ModelContext) -> Result<Self::Model, BackendError>;
+
+    /// One line about the backend (its runtime and version) for the server's log.
+    fn describe(&self) -> String {
+        String::new()
+    }
 
     /// Completes a model config from the model file; `None` keeps the config as it is.
     fn auto_complete_config(
@@ -54,30 +58,48 @@ pub trait Model: Send + Sync + 'static {
 /// One execution instance, called from one thread at a time.
 pub trait Instance: Send + 'static {
     /// Runs one request and returns its outputs (the common case).
-    fn infer(&mut self, _request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {
+    fn infer(&mut self, _request: &Request) -> Result<Vec<OutputTensor>, BackendError> {
         Err(BackendError::unsupported(
             "this backend implements execute, not infer",
         ))
     }
 
-    /// Runs a batch of requests; by default calls [`Instance::infer`] on each and responds.
-    /// Override it to send several responses per request or to answer later.
-    fn execute(&mut self, requests: &[Request<'_>]) -> Result<(), BackendError> {
+    /// Runs a batch of whole requests, which it now owns; by default calls
+    /// [`Instance::infer`] on each and responds. Override it to run the batch in one call
+    /// (see [`crate::batch`]), to send several responses per request, or to keep a request
+    /// and answer it later. Every request must get a final response; an error returned here
+    /// fails those that have none yet.
+    fn execute(&mut self, requests: Vec<Request>) -> Result<(), BackendError> {
         for request in requests {
-            let result = guard(|| self.infer(request)).map(Response::from_outputs);
+            let result = guard(|| self.infer(&request));
             request.respond(result);
         }
         Ok(())
     }
 }
 
-/// The simplest kind of model: loaded once, shared by every instance, one request at a time.
+/// The simplest kind of model: loaded once, shared by every instance, one request at a time,
+/// one response per request. Implement [`SimpleModel::respond`] to write outputs straight into
+/// the server's buffers, or [`SimpleModel::infer`] to return them.
 pub trait SimpleModel: Send + Sync + Sized + 'static {
     /// Loads the model.
     fn load(ctx: &ModelContext) -> Result<Self, BackendError>;
 
     /// Runs one request and returns its outputs.
-    fn infer(&self, request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError>;
+    fn infer(&self, _request: &Request) -> Result<Vec<OutputTensor>, BackendError> {
+        Err(BackendError::unsupported(
+            "this backend implements respond, not infer",
+        ))
+    }
+
+    /// Runs one request and adds its outputs to `response` (sent by the caller afterwards);
+    /// by default adds what [`SimpleModel::infer`] returns.
+    fn respond(&self, request: &Request, response: &mut Response) -> Result<(), BackendError> {
+        for output in self.infer(request)? {
+            response.add_tensor(&output)?;
+        }
+        Ok(())
+    }
 }
 
 /// Adapts a [`SimpleModel`] into a full [`Backend`]; used by [`export_model!`](crate::export_model).
@@ -107,8 +129,19 @@ impl<M: SimpleModel> Model for SimpleShared<M> {
 }
 
 impl<M: SimpleModel> Instance for SimpleShared<M> {
-    fn infer(&mut self, request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {
+    fn infer(&mut self, request: &Request) -> Result<Vec<OutputTensor>, BackendError> {
         self.0.infer(request)
+    }
+
+    fn execute(&mut self, requests: Vec<Request>) -> Result<(), BackendError> {
+        for request in requests {
+            let mut response = request.response();
+            match guard(|| self.0.respond(&request, &mut response)) {
+                Ok(()) => response.send(true),
+                Err(e) => request.responder().send_error(e, true),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -127,19 +160,37 @@ pub struct ModelContext {
 }
 
 impl ModelContext {
-    fn from_args(args: &ModelArgs<'_>) -> Result<Self, BackendError> {
-        let config = serde_json::from_str(args.config_json.as_str()).map_err(|e| {
+    fn from_info(info: &ModelInfoBox) -> Result<Self, BackendError> {
+        let config = serde_json::from_str(info.config_json().as_str()).map_err(|e| {
             BackendError::internal(format!(
                 "model config handed to the backend is not JSON: {e}"
             ))
         })?;
         Ok(ModelContext {
-            name: args.name.to_string(),
-            version: args.version,
+            name: info.name().to_string(),
+            version: info.version(),
             config,
-            model_path: args.model_path.as_str().into(),
-            version_path: args.version_path.as_str().into(),
+            model_path: info.model_path().as_str().into(),
+            version_path: info.version_path().as_str().into(),
         })
+    }
+
+    /// Whether the model is decoupled (`model_transaction_policy { decoupled: true }`): it may
+    /// send any number of responses per request, then the final flag.
+    pub fn is_decoupled(&self) -> bool {
+        self.config
+            .get("model_transaction_policy")
+            .and_then(|p| p.get("decoupled"))
+            .and_then(|d| d.as_bool())
+            .unwrap_or(false)
+    }
+
+    /// The config's `max_batch_size` (0: the model does not batch).
+    pub fn max_batch_size(&self) -> i64 {
+        self.config
+            .get("max_batch_size")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0)
     }
 
     /// Names of the config's inputs (or outputs, with `"output"`), in order.
@@ -243,29 +294,37 @@ pub fn log(level: LogLevel, message: &str) {
 }
 
 /// Runs an inference on another model of the same server and returns all its responses.
+/// Inputs are copied into the new request.
 pub fn host_infer(
     model_name: &str,
     model_version: i64,
     inputs: &[Tensor<'_>],
     requested_outputs: &[&str],
     parameters: &[Parameter],
-) -> Result<Vec<Response>, BackendError> {
+) -> Result<Vec<InferResult>, BackendError> {
     let host = HOST
         .get()
         .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
-    let outputs: Vec<RStr<'_>> = requested_outputs
-        .iter()
-        .map(|s| RStr::from_str(s))
-        .collect();
-    let request = HostInferRequest {
-        model_name: RStr::from_str(model_name),
-        model_version,
-        id: RStr::from_str(""),
-        parameters: RSlice::from_slice(parameters),
-        inputs: RSlice::from_slice(inputs),
-        requested_outputs: RSlice::from_slice(&outputs),
-    };
-    host.infer(request).into_result().map(|v| v.into_vec())
+    let mut request = host
+        .new_request(RStr::from_str(model_name), model_version)
+        .into_result()?;
+    for p in parameters {
+        request.add_parameter(p.value.to_ffi(&p.key));
+    }
+    for t in inputs {
+        let data = t.data();
+        request.add_input(
+            RStr::from_str(t.name),
+            t.datatype,
+            RSlice::from_slice(t.shape),
+            RSlice::from_slice(&data),
+        );
+    }
+    for o in requested_outputs {
+        request.add_requested_output(RStr::from_str(o));
+    }
+    let results = request.infer().into_result()?;
+    Ok(results.into_iter().map(InferResult::from_ffi).collect())
 }
 
 struct BackendAdapter<B>(Guarded<B>);
@@ -273,9 +332,15 @@ struct ModelAdapter<M>(Guarded<M>);
 struct InstanceAdapter<I>(Guarded<I>);
 
 impl<B: Backend> BackendObj for BackendAdapter<B> {
-    fn load_model(&self, args: ModelArgs<'_>) -> RResult<ModelBox, BackendError> {
+    fn describe(&self) -> RString {
+        guard(|| Ok(self.0.describe()))
+            .map(RString::from)
+            .unwrap_or_default()
+    }
+
+    fn load_model(&self, info: ModelInfoBox) -> RResult<ModelBox, BackendError> {
         guard(|| {
-            let ctx = ModelContext::from_args(&args)?;
+            let ctx = ModelContext::from_info(&info)?;
             let model = self.0.load_model(&ctx)?;
             Ok(ModelObj_TO::from_value(
                 ModelAdapter(Guarded::new(model)),
@@ -285,9 +350,9 @@ impl<B: Backend> BackendObj for BackendAdapter<B> {
         .into()
     }
 
-    fn auto_complete_config(&self, args: ModelArgs<'_>) -> RResult<ROption<RString>, BackendError> {
+    fn auto_complete_config(&self, info: ModelInfoBox) -> RResult<ROption<RString>, BackendError> {
         guard(|| {
-            let ctx = ModelContext::from_args(&args)?;
+            let ctx = ModelContext::from_info(&info)?;
             Ok(match self.0.auto_complete_config(&ctx)? {
                 Some(config) => ROption::RSome(RString::from(config.to_string())),
                 None => ROption::RNone,
@@ -298,13 +363,13 @@ impl<B: Backend> BackendObj for BackendAdapter<B> {
 }
 
 impl<M: Model> ModelObj for ModelAdapter<M> {
-    fn create_instance(&self, args: InstanceArgs<'_>) -> RResult<InstanceBox, BackendError> {
+    fn create_instance(&self, info: InstanceInfoBox) -> RResult<InstanceBox, BackendError> {
         guard(|| {
             let ctx = InstanceContext {
-                name: args.name.to_string(),
-                index: args.index,
-                kind: args.kind,
-                device_id: args.device_id,
+                name: info.name().to_string(),
+                index: info.index(),
+                kind: info.kind(),
+                device_id: info.device_id(),
             };
             let instance = self.0.create_instance(&ctx)?;
             Ok(InstanceObj_TO::from_value(
@@ -317,8 +382,9 @@ impl<M: Model> ModelObj for ModelAdapter<M> {
 }
 
 impl<I: Instance> InstanceObj for InstanceAdapter<I> {
-    fn execute(&mut self, requests: RSlice<'_, Request<'_>>) -> RResult<(), BackendError> {
-        guard(|| self.0.execute(requests.as_slice())).into()
+    fn execute(&mut self, requests: RVec<RequestBox>) -> RResult<(), BackendError> {
+        let requests = requests.into_iter().map(Request::from_ffi).collect();
+        guard(|| self.0.execute(requests)).into()
     }
 }
 
@@ -354,7 +420,6 @@ pub extern "C" fn create_backend<B: Backend>(
 /// Builds the root module of a library whose backend is `B`; used by [`export_backend!`](crate::export_backend).
 pub fn root_module<B: Backend>() -> BackendLibRef {
     BackendLib {
-        abi_version: ABI_VERSION,
         create_backend: create_backend::<B>,
     }
     .leak_into_prefix()

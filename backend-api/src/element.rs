@@ -1,6 +1,7 @@
 //! Typed access to tensor bytes.
 
-use crate::types::{BackendError, DataType, Tensor};
+use crate::request::Tensor;
+use crate::types::{BackendError, DataType};
 
 /// A fixed-size element type that can be read from and written to little-endian tensor bytes.
 pub trait Element: Copy + Sized {

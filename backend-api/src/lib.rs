@@ -8,9 +8,12 @@
 #![warn(missing_docs)]
 
 mod author;
+pub mod batch;
 pub mod bytes;
 mod element;
 mod ffi;
+mod request;
+mod response;
 mod types;
 
 pub use abi_stable;
@@ -20,6 +23,8 @@ pub use author::{
 };
 pub use element::Element;
 pub use ffi::*;
+pub use request::{CorrelationId, InferResult, ParamValue, Parameter, Request, Tensor};
+pub use response::{OutputTensor, Responder, Response};
 pub use types::*;
 
 /// Number of elements a shape describes (negative dims count as zero).
@@ -34,10 +39,11 @@ pub fn element_count(shape: &[i64]) -> usize {
 pub mod prelude {
     pub use crate::{
         Backend, BackendError, DataType, Element, ErrorCode, Instance, InstanceContext, LogLevel,
-        Model, ModelContext, OutputTensor, Request, Response, SimpleModel, Tensor, export_backend,
-        export_model,
+        Model, ModelContext, OutputTensor, ParamValue, Request, Responder, Response, SimpleModel,
+        Tensor, export_backend, export_model,
     };
 }
 
-/// The version of this crate; a library built against another minor version is refused.
+/// The version of this crate. The server loads a library built against the same major version
+/// and the same or an older minor version, and refuses a newer one.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,8 +1,10 @@
-//! Plain data that crosses the plugin boundary: data types, memory kinds, tensors, parameters,
-//! requests, responses and errors. Every type here is `#[repr(C)]` and checked by abi_stable.
+//! Plain data that crosses the plugin boundary: data types, memory kinds, buffers, tensor
+//! descriptions, parameters and errors. Every type here is `#[repr(C)]`, checked by
+//! abi_stable, and frozen once released: the ABI grows by new methods on the handles in
+//! `ffi`, never by new fields here. Kinds are open `u32` sets, so a new kind is not a break.
 
 use abi_stable::StableAbi;
-use abi_stable::std_types::{RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RSlice, RStr, RString};
 
 /// A tensor element type, as Triton names them (`BOOL`, `INT32`, `FP32`, `BYTES`, ...).
 ///
@@ -157,155 +159,123 @@ impl Memory {
     };
 }
 
-/// An input tensor lent to the backend for the duration of a call.
+/// Bit in a [`BufferRef`]'s `flags`: the bytes live in memory another process can change
+/// while the backend reads them (a client's shared memory region). Read them through the raw
+/// pointer (or copy them first); never treat them as an immutable Rust slice.
+pub const BUFFER_SHARED: u32 = 1;
+
+/// A read-only view of bytes the server lends a backend; valid while the object it came from
+/// (a request, an inference result) is alive.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
-pub struct Tensor<'a> {
+pub struct BufferRef {
+    /// First byte.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+    /// Where the bytes live.
+    pub memory: Memory,
+    /// [`BUFFER_SHARED`] and later bits; unknown bits are ignored.
+    pub flags: u32,
+}
+
+/// A writable buffer the server allocated for an output; valid while the response it belongs
+/// to is alive and not yet sent.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct BufferMut {
+    /// First byte.
+    pub ptr: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+    /// Where the bytes live.
+    pub memory: Memory,
+    /// [`BUFFER_SHARED`] and later bits; unknown bits are ignored.
+    pub flags: u32,
+}
+
+/// A tensor's description: name, element type, shape, and how many buffers hold its bytes.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TensorInfo<'a> {
     /// Tensor name as in the model config.
     pub name: RStr<'a>,
     /// Element type.
     pub datatype: DataType,
     /// Full shape, including the batch dimension when the model batches.
     pub shape: RSlice<'a, i64>,
-    /// Contiguous little-endian elements; for `BYTES`, length-prefixed strings.
-    pub data: RSlice<'a, u8>,
-    /// Where `data` lives.
-    pub memory: Memory,
+    /// Number of buffers that, concatenated, hold the tensor's bytes.
+    pub buffer_count: u32,
+    /// Total bytes over all buffers.
+    pub byte_size: u64,
 }
 
-impl<'a> Tensor<'a> {
-    /// The tensor's name.
-    pub fn name(&self) -> &'a str {
-        self.name.as_str()
-    }
+/// The kind of a parameter value; an open set (an unknown kind is skipped by readers).
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ParamKind(pub u32);
 
-    /// The tensor's shape.
-    pub fn shape(&self) -> &'a [i64] {
-        self.shape.as_slice()
-    }
-
-    /// The tensor's raw bytes.
-    pub fn data(&self) -> &'a [u8] {
-        self.data.as_slice()
-    }
-
-    /// Number of elements the shape describes.
-    pub fn element_count(&self) -> usize {
-        crate::element_count(self.shape.as_slice())
-    }
+impl ParamKind {
+    /// A boolean, in `boolean`.
+    pub const BOOL: ParamKind = ParamKind(1);
+    /// A signed integer, in `int`.
+    pub const INT: ParamKind = ParamKind(2);
+    /// A double, in `double`.
+    pub const DOUBLE: ParamKind = ParamKind(3);
+    /// A string, in `text`.
+    pub const STRING: ParamKind = ParamKind(4);
 }
 
-/// An output tensor the backend produced; the server takes ownership of its buffer.
+/// One parameter as it crosses the boundary; only the field its kind names is meaningful.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
-pub struct OutputTensor {
-    /// Tensor name as in the model config.
-    pub name: RString,
-    /// Element type.
-    pub datatype: DataType,
-    /// Full shape, including the batch dimension when the model batches.
-    pub shape: RVec<i64>,
-    /// Contiguous little-endian elements; for `BYTES`, length-prefixed strings.
-    pub data: RVec<u8>,
-    /// Where `data` lives.
-    pub memory: Memory,
-}
-
-impl OutputTensor {
-    /// An output in CPU memory from raw bytes.
-    pub fn new(name: &str, datatype: DataType, shape: Vec<i64>, data: Vec<u8>) -> Self {
-        OutputTensor {
-            name: name.into(),
-            datatype,
-            shape: shape.into(),
-            data: data.into(),
-            memory: Memory::CPU,
-        }
-    }
-
-    /// An output in CPU memory from typed elements.
-    pub fn from_elements<T: crate::Element>(name: &str, shape: Vec<i64>, values: &[T]) -> Self {
-        let mut data = Vec::with_capacity(std::mem::size_of_val(values));
-        for v in values {
-            v.write_le(&mut data);
-        }
-        Self::new(name, T::DATATYPE, shape, data)
-    }
-
-    /// A copy of an input under another name.
-    pub fn copy_of(name: &str, input: &Tensor<'_>) -> Self {
-        OutputTensor {
-            name: name.into(),
-            datatype: input.datatype,
-            shape: input.shape.as_slice().into(),
-            data: input.data.as_slice().into(),
-            memory: input.memory,
-        }
-    }
-}
-
-/// A parameter value: the protocol's bool, int64, double or string.
-#[repr(C, u8)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
-pub enum ParamValue {
-    /// A boolean parameter.
-    Bool(bool),
-    /// An integer parameter.
-    Int(i64),
-    /// A floating point parameter.
-    Double(f64),
-    /// A string parameter.
-    Str(RString),
-}
-
-/// A named request or response parameter.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
-pub struct Parameter {
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ParamRef<'a> {
     /// The parameter's key.
-    pub key: RString,
-    /// The parameter's value.
-    pub value: ParamValue,
+    pub key: RStr<'a>,
+    /// Which value field holds the value.
+    pub kind: ParamKind,
+    /// Value of a `BOOL` parameter.
+    pub boolean: bool,
+    /// Value of an `INT` parameter.
+    pub int: i64,
+    /// Value of a `DOUBLE` parameter.
+    pub double: f64,
+    /// Value of a `STRING` parameter.
+    pub text: RStr<'a>,
 }
 
-/// A sequence correlation id: none, an unsigned integer, or a string.
-#[repr(C, u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CorrelationId<'a> {
-    /// The request is not part of a sequence.
-    None,
-    /// A numeric correlation id.
-    U64(u64),
-    /// A string correlation id.
-    Str(RStr<'a>),
+/// The kind of a correlation id; an open set.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct CorrelationKind(pub u32);
+
+impl CorrelationKind {
+    /// The request belongs to no sequence.
+    pub const NONE: CorrelationKind = CorrelationKind(0);
+    /// A numeric id, in `number`.
+    pub const U64: CorrelationKind = CorrelationKind(1);
+    /// A string id, in `text`.
+    pub const STRING: CorrelationKind = CorrelationKind(2);
 }
 
-/// Bit in [`Request::flags`]: first request of a sequence.
+/// A sequence correlation id as it crosses the boundary.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct CorrelationRef<'a> {
+    /// Which field holds the id.
+    pub kind: CorrelationKind,
+    /// A numeric id.
+    pub number: u64,
+    /// A string id.
+    pub text: RStr<'a>,
+}
+
+/// Bit in a request's flags: first request of a sequence.
 pub const SEQUENCE_START: u32 = 1;
-/// Bit in [`Request::flags`]: last request of a sequence.
+/// Bit in a request's flags: last request of a sequence.
 pub const SEQUENCE_END: u32 = 2;
 
-/// A response: the outputs of one request (or one part of a streamed answer).
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
-pub struct Response {
-    /// Output tensors; the server drops outputs the client did not ask for.
-    pub outputs: RVec<OutputTensor>,
-    /// Response parameters passed back to the client.
-    pub parameters: RVec<Parameter>,
-}
-
-impl Response {
-    /// A response holding these outputs and no parameters.
-    pub fn from_outputs(outputs: Vec<OutputTensor>) -> Self {
-        Response {
-            outputs: outputs.into(),
-            parameters: RVec::new(),
-        }
-    }
-}
-
-/// Bit in a responder's `flags`: this is the last response for the request.
+/// Bit in a response's flags: this is the last response for the request.
 pub const RESPONSE_FINAL: u32 = 1;
 
 /// What kind of failure an error is, mapped by the server to HTTP and gRPC status codes.
@@ -417,34 +387,4 @@ impl InstanceKind {
     pub const CPU: InstanceKind = InstanceKind(2);
     /// Triton's KIND_MODEL.
     pub const MODEL: InstanceKind = InstanceKind(3);
-}
-
-/// What the server tells a backend about a model version it asks it to load.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct ModelArgs<'a> {
-    /// The model's name.
-    pub name: RStr<'a>,
-    /// The version being loaded.
-    pub version: i64,
-    /// The model's configuration: Triton's ModelConfig as JSON (snake_case field names).
-    pub config_json: RStr<'a>,
-    /// The model's folder in the repository (`<repo>/<model>`).
-    pub model_path: RStr<'a>,
-    /// The version folder (`<repo>/<model>/<version>`).
-    pub version_path: RStr<'a>,
-}
-
-/// What the server tells a model about an instance it asks it to create.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct InstanceArgs<'a> {
-    /// Instance name, `<model>_<group>_<index>` as Triton names them.
-    pub name: RStr<'a>,
-    /// Index of this instance among the model's instances.
-    pub index: u32,
-    /// CPU, GPU, or model-chosen placement.
-    pub kind: InstanceKind,
-    /// GPU ordinal for GPU instances, 0 otherwise.
-    pub device_id: i32,
 }

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
             headers.insert("inference-header-content-length", http::HeaderValue::from(len));
         }
     }
-    let shm = ferrum::shm::SharedMemory::default();
+    let shm = ferrum_core::shm::SharedMemory::default();
     let body = bytes::Bytes::copy_from_slice(body);
     if let Ok((request, _)) = ferrum::frontend::http::decode_request(&shm, "m".into(), None, &headers, body) {
         for input in &request.inputs {

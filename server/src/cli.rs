@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
+use ferrum_core::ControlMode;
+use ferrum_core::trace::TraceSettings;
 
-/// How the server follows changes to the model repository.
+/// The `--model-control-mode` values; each maps onto [`ControlMode`].
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlMode {
+pub enum ControlModeArg {
     /// Load every model at start-up; never change.
     None,
     /// Rescan the repository periodically and apply changes.
@@ -17,14 +19,13 @@ pub enum ControlMode {
     Watch,
 }
 
-impl ControlMode {
-    /// The mode's flag spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ControlMode::None => "none",
-            ControlMode::Poll => "poll",
-            ControlMode::Explicit => "explicit",
-            ControlMode::Watch => "watch",
+impl From<ControlModeArg> for ControlMode {
+    fn from(arg: ControlModeArg) -> Self {
+        match arg {
+            ControlModeArg::None => ControlMode::None,
+            ControlModeArg::Poll => ControlMode::Poll,
+            ControlModeArg::Explicit => ControlMode::Explicit,
+            ControlModeArg::Watch => ControlMode::Watch,
         }
     }
 }
@@ -45,8 +46,8 @@ pub struct Args {
     /// How the model repository is managed: none (load everything once), poll (rescan every
     /// --repository-poll-secs), explicit (load/unload API and --load-model only), or watch
     /// (Ferrum's instant mode: a file watcher applies changes within a second).
-    #[arg(long, value_enum, default_value_t = ControlMode::None, value_name = "MODE")]
-    pub model_control_mode: ControlMode,
+    #[arg(long, value_enum, default_value_t = ControlModeArg::None, value_name = "MODE")]
+    pub model_control_mode: ControlModeArg,
 
     /// Seconds between repository scans in poll mode (and the safety-net rescan in watch mode).
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
@@ -172,6 +173,11 @@ pub struct Args {
 }
 
 impl Args {
+    /// The repository control mode.
+    pub fn control_mode(&self) -> ControlMode {
+        self.model_control_mode.into()
+    }
+
     /// Whether backends may complete model configs.
     pub fn auto_complete(&self) -> bool {
         !self.strict_model_config && !self.disable_auto_complete_config
@@ -179,17 +185,9 @@ impl Args {
 
     /// The backend directory: the flag, or `../backends` from the executable's folder.
     pub fn backend_directory(&self) -> PathBuf {
-        if let Some(dir) = &self.backend_directory {
-            return dir.clone();
-        }
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| {
-                exe.parent()
-                    .and_then(|bin| bin.parent())
-                    .map(|p| p.join("backends"))
-            })
-            .unwrap_or_else(|| PathBuf::from("backends"))
+        self.backend_directory
+            .clone()
+            .unwrap_or_else(ferrum_core::plugins::default_backend_directory)
     }
 
     /// `--backend-config` settings grouped per backend as JSON objects.
@@ -227,10 +225,10 @@ impl Args {
     }
 
     /// The start-up trace settings from the --trace-* flags.
-    pub fn trace_settings(&self) -> Result<crate::trace::TraceSettings, String> {
-        let mut settings = crate::trace::TraceSettings::default();
+    pub fn trace_settings(&self) -> Result<TraceSettings, String> {
+        let mut settings = TraceSettings::default();
         let defaults = settings.clone();
-        let set = |settings: &mut crate::trace::TraceSettings, key: &str, value: Vec<String>| {
+        let set = |settings: &mut TraceSettings, key: &str, value: Vec<String>| {
             settings
                 .apply(key, Some(&value), &defaults)
                 .map_err(|e| e.message)

@@ -1,18 +1,10 @@
-//! Ferrum: an inference server that speaks Triton's protocol and loads its backends as plugins.
+//! Ferrum: an inference server that speaks Triton's protocol and loads its backends as
+//! plugins. This crate holds the network frontends (HTTP, gRPC, metrics), the command line
+//! and the assembly; everything else is [`ferrum_core`].
 
 pub mod cli;
-pub mod config;
-pub mod core;
-pub mod error;
 pub mod frontend;
 pub mod logging;
-pub mod metrics;
-pub mod models;
-pub mod plugins;
+pub mod otlp;
 pub mod proto;
-pub mod repository;
-pub mod scheduler;
 pub mod server;
-pub mod shm;
-pub mod stats;
-pub mod trace;

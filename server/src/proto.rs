@@ -1,10 +1,7 @@
-//! Rust types generated from the protocol's .proto files (package `inference`).
+//! Rust types generated from grpc_service.proto (package `inference`): the gRPC service and
+//! its messages. The ModelConfig messages it uses are [`ferrum_core::proto::inference`]'s.
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod inference {
     tonic::include_proto!("inference");
 }
-
-/// The compiled descriptors of grpc_service.proto and model_config.proto.
-pub const DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));

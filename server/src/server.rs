@@ -9,10 +9,11 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cli::{Args, ControlMode};
-use crate::core::Core;
-use crate::models::ModelManager;
-use crate::plugins::{Plugins, ServerHost};
+use ferrum_core::CoreBuilder;
+use ferrum_core::logging::LogSettings;
+
+use crate::cli::Args;
+use crate::otlp::OtlpHttpExporter;
 
 async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr: SocketAddr = format!("{address}:{port}")
@@ -48,39 +49,23 @@ async fn shutdown_signal() {
 }
 
 /// Runs the server until SIGINT/SIGTERM, then lets in-flight requests finish and returns.
-pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyhow::Result<()> {
+pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     let backend_configs = args.backend_configs().map_err(anyhow::Error::msg)?;
     let backend_dir = args.backend_directory();
-    tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", crate::core::SERVER_VERSION);
-    let host = ServerHost::default();
-    let plugins = Arc::new(
-        Plugins::new(backend_dir, backend_configs, host.clone())
-            .context("cannot create a folder for private copies of backend libraries")?,
-    );
-    let models = Arc::new(ModelManager::new(
-        plugins,
-        args.model_repository.clone(),
-        args.auto_complete(),
-    ));
-    let tracer = Arc::new(crate::trace::Tracer::new(
-        args.trace_settings().map_err(anyhow::Error::msg)?,
-    ));
-    let metrics = Arc::new(
-        crate::metrics::ServerMetrics::new(
-            Arc::clone(&models.stats),
-            Duration::from_millis(args.metrics_interval_ms),
-            args.metrics_option("histogram_latencies") == Some("true"),
-        )
-        .context("cannot set up metrics")?,
-    );
-    let core = Arc::new(Core::new(
-        Arc::clone(&models),
-        args.model_control_mode,
-        tracer,
-        logging,
-        Arc::clone(&metrics),
-    ));
-    host.attach(&core, tokio::runtime::Handle::current());
+    tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", ferrum_core::server::SERVER_VERSION);
+    let core = CoreBuilder::new(args.model_repository.clone())
+        .control_mode(args.control_mode())
+        .backend_directory(backend_dir)
+        .backend_configs(backend_configs)
+        .auto_complete(args.auto_complete())
+        .startup_models(args.load_model.clone())
+        .poll_interval(Duration::from_secs(args.repository_poll_secs))
+        .trace_settings(args.trace_settings().map_err(anyhow::Error::msg)?)
+        .span_exporter(Arc::new(OtlpHttpExporter::default()))
+        .logging(logging)
+        .metrics_interval(Duration::from_millis(args.metrics_interval_ms))
+        .latency_histograms(args.metrics_option("histogram_latencies") == Some("true"))
+        .build()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -126,7 +111,7 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
     if args.allow_metrics {
         let listener = bind(&args.metrics_address, args.metrics_port, "metrics").await?;
         tracing::info!("metrics service listening on {}", listener.local_addr()?);
-        let app = metrics_router(Arc::clone(&metrics));
+        let app = metrics_router(Arc::clone(&core.metrics));
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             axum::serve(listener, app)
@@ -136,21 +121,11 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
         }));
     }
 
-    let loader = Arc::clone(&models);
-    let explicit =
-        (args.model_control_mode == ControlMode::Explicit).then(|| args.load_model.clone());
     tokio::select! {
-        loaded = tokio::task::spawn_blocking(move || loader.load_startup(explicit.as_deref())) => {
-            loaded.context("model loading panicked")??;
-            core.set_ready();
-            tracing::info!("ready: {} model version(s) serving", core.repository_index(true).len());
-            let detector = crate::repository::watch::spawn_detector(
-                args.model_control_mode,
-                args.model_repository.clone(),
-                Duration::from_secs(args.repository_poll_secs),
-            );
+        loaded = core.load_startup_models() => {
+            loaded?;
             tokio::select! {
-                _ = follow_repository(detector, Arc::clone(&models)) => {}
+                _ = core.follow_repository() => {}
                 _ = shutdown_signal() => {}
             }
         }
@@ -173,32 +148,12 @@ pub async fn run(args: Args, logging: Arc<crate::logging::LogSettings>) -> anyho
             args.exit_timeout_secs
         ),
     }
-    tokio::task::spawn_blocking(move || models.unload_all())
-        .await
-        .context("unloading panicked")?;
+    core.unload_all().await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Rescans the repository each time the change detector asks; forever when there is one.
-async fn follow_repository(
-    detector: Option<tokio::sync::mpsc::Receiver<()>>,
-    models: Arc<ModelManager>,
-) {
-    let Some(mut detector) = detector else {
-        return std::future::pending().await;
-    };
-    while detector.recv().await.is_some() {
-        let models = Arc::clone(&models);
-        match tokio::task::spawn_blocking(move || models.poll()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("repository rescan failed: {}", e.message),
-            Err(e) => tracing::error!("repository rescan panicked: {e}"),
-        }
-    }
-}
-
-fn metrics_router(metrics: Arc<crate::metrics::ServerMetrics>) -> axum::Router {
+fn metrics_router(metrics: Arc<ferrum_core::metrics::ServerMetrics>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import queue
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -642,5 +644,52 @@ def test_wrong_runtime_library_path_is_reported(tmp_path, monkeypatch):
             assert entry["state"] == "UNAVAILABLE", entry
             assert str(missing) in entry.get("reason", ""), entry
             assert index_entry(client, "simple")["state"] == "READY"
+    finally:
+        srv.stop_and_check()
+
+
+# ------------------------------------------------- a dynamic batch as whole requests
+
+
+def test_a_dynamic_batch_runs_once_over_whole_requests(tmp_path):
+    """Four requests cut as one batch reach the backend as four whole requests (their own
+    ids and parameters), run as one session run, and each gets its own rows back."""
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "onnx_mlp", repo / "onnx_mlp")
+    config = repo / "onnx_mlp" / "config.pbtxt"
+    config.write_text(
+        config.read_text()
+        + "\ndynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 2000000 }\n"
+    )
+    srv = start_server(repo, ["--log-verbose", "1"], log_dir=tmp_path / "logs")
+    try:
+        rng = np.random.default_rng(7)
+        rows = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(4)]
+        session = _session(str(_model_file("onnx_mlp")))
+        with grpcclient.InferenceServerClient(srv.grpc_url) as client:
+            done = []
+            for i, row in enumerate(rows):
+                inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+                inp.set_data_from_numpy(row)
+                q: "queue.Queue" = queue.Queue()
+                client.async_infer(
+                    "onnx_mlp", [inp], request_id=f"req-{i}", parameters={"tag": f"t{i}"},
+                    callback=lambda result, error, q=q: q.put((result, error)),
+                )
+                done.append(q)
+            for i, (row, q) in enumerate(zip(rows, done)):
+                result, error = q.get(timeout=TIMEOUT)
+                assert error is None, error
+                assert result.get_response().id == f"req-{i}"
+                (expected,) = session.run(None, {"INPUT0": row})
+                np.testing.assert_allclose(result.as_numpy("OUTPUT0"), expected, rtol=1e-5, atol=1e-6)
+        log = srv.stderr_text() + srv.stdout_text()
+        line = next((l for l in log.splitlines() if "one session run for 4 requests" in l), None)
+        assert line is not None, log[-3000:]
+        for i in range(4):
+            assert f"'req-{i}' [tag=t{i}]" in line, line
+        stats = requests.get(f"{srv.http_base}/v2/models/onnx_mlp/stats", timeout=TIMEOUT).json()
+        model = stats["model_stats"][0]
+        assert model["inference_count"] == 4 and model["execution_count"] == 1, model
     finally:
         srv.stop_and_check()

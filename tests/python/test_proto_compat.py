@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that Ferrum's .proto files describe exactly Triton's wire protocol.
 
-Compiles server/proto/*.proto with grpcio-tools (``grpc_tools.protoc``) into a
+Compiles core/proto/model_config.proto and server/proto/grpc_service.proto with grpcio-tools (``grpc_tools.protoc``) into a
 FileDescriptorSet and compares it, element by element, with the descriptors
 that ship inside tritonclient's generated Python modules
 (``tritonclient.grpc.service_pb2`` / ``tritonclient.grpc.model_config_pb2``).
@@ -18,7 +18,8 @@ Usage:
     python3 tests/python/test_proto_compat.py        # prints differences, exit 1 if any
     pytest tests/python/test_proto_compat.py         # same check as a test
 
-Set FERRUM_PROTO_DIR to check .proto files from another directory.
+Set FERRUM_PROTO_DIR to check .proto files from other directories (several joined with
+os.pathsep, searched in order).
 
 Needs: pip install 'tritonclient[grpc]' grpcio-tools
 """
@@ -30,9 +31,17 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-PROTO_DIR = os.environ.get(
-    "FERRUM_PROTO_DIR", os.path.join(REPO_ROOT, "server", "proto")
+# model_config.proto lives with the core (ferrum-core), grpc_service.proto with the server's
+# gRPC frontend; protoc searches both.
+PROTO_DIRS = (
+    os.environ["FERRUM_PROTO_DIR"].split(os.pathsep)
+    if os.environ.get("FERRUM_PROTO_DIR")
+    else [
+        os.path.join(REPO_ROOT, "core", "proto"),
+        os.path.join(REPO_ROOT, "server", "proto"),
+    ]
 )
+PROTO_DIR = os.pathsep.join(PROTO_DIRS)
 
 # Proto files of ours that must mirror a tritonclient descriptor, keyed by the
 # file name both sides register under.
@@ -124,18 +133,22 @@ def compile_ours(file_names):
     except ImportError as exc:
         raise MissingDependency(f"grpcio-tools not installed: {exc}")
 
-    missing = [f for f in file_names if not os.path.exists(os.path.join(PROTO_DIR, f))]
+    missing = [
+        f
+        for f in file_names
+        if not any(os.path.exists(os.path.join(d, f)) for d in PROTO_DIRS)
+    ]
     if missing:
         raise AssertionError(f"our proto files missing under {PROTO_DIR}: {missing}")
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ferrum.pb")
-        args = [
-            "protoc",
-            f"--proto_path={PROTO_DIR}",
-            "--include_imports",
-            f"--descriptor_set_out={out}",
-        ] + list(file_names)
+        args = (
+            ["protoc"]
+            + [f"--proto_path={d}" for d in PROTO_DIRS]
+            + ["--include_imports", f"--descriptor_set_out={out}"]
+            + list(file_names)
+        )
         rc = protoc.main(args)
         if rc != 0:
             raise AssertionError(f"protoc failed (exit {rc}) compiling {file_names}")

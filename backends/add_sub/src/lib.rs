@@ -11,7 +11,7 @@ impl SimpleModel for AddSub {
         Ok(AddSub)
     }
 
-    fn infer(&self, request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {
+    fn infer(&self, request: &Request) -> Result<Vec<OutputTensor>, BackendError> {
         let input0 = request.require_input("INPUT0")?;
         let input1 = request.require_input("INPUT1")?;
         if input0.shape() != input1.shape() {

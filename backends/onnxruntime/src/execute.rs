@@ -2,13 +2,16 @@
 //! model joined along the batch dimension into one run and split again afterwards.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
-use ferrum_backend_api::{BackendError, OutputTensor};
+use ferrum_backend_api::batch::{self, Batch};
+use ferrum_backend_api::{BackendError, LogLevel, ParamValue, Request, Response, guard};
 use ort::session::OutputSelector;
 use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::value::DynValue;
 
-use crate::model::{CheckedRequest, ModelSpec, RequestView};
+use crate::model::ModelSpec;
 use crate::tensors::{OutputData, input_value};
 
 /// One execution instance: its own session and the model's shared signature.
@@ -19,88 +22,117 @@ pub struct Runner {
     pub spec: Arc<ModelSpec>,
 }
 
-/// One request's outputs, or why it failed.
-type Outcome = Result<Vec<OutputTensor>, BackendError>;
+/// The model inputs of one session run, by name.
+type Inputs = Vec<(Cow<'static, str>, SessionInputValue<'static>)>;
 
-impl Runner {
-    /// Runs requests; returns one result per request, in order.
-    pub fn run(&mut self, requests: &[RequestView<'_, '_>]) -> Vec<Outcome> {
-        let spec = Arc::clone(&self.spec);
-        let checked: Vec<Result<CheckedRequest<'_, '_>, BackendError>> =
-            requests.iter().map(|r| spec.check_request(r)).collect();
-        let mut results: Vec<Option<Outcome>> = (0..requests.len()).map(|_| None).collect();
-        // Greedy groups of consecutive joinable requests within max_batch_size.
-        let mut group: Vec<usize> = Vec::new();
-        let mut group_batch = 0usize;
-        let limit = usize::try_from(spec.max_batch_size).unwrap_or(0);
-        for (i, c) in checked.iter().enumerate() {
-            let c = match c {
-                Ok(c) => c,
-                Err(e) => {
-                    results[i] = Some(Err(e.clone()));
-                    continue;
-                }
-            };
-            let fits = limit > 0
-                && group.first().is_some_and(|&first| {
-                    matches!(&checked[first], Ok(f) if f.joins(c)) && group_batch + c.batch <= limit
-                });
-            if !fits && !group.is_empty() {
-                self.run_group(&checked, &group, &mut results);
-                group.clear();
-                group_batch = 0;
-            }
-            group.push(i);
-            group_batch += c.batch;
-        }
-        if !group.is_empty() {
-            self.run_group(&checked, &group, &mut results);
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::internal("request was not run"))))
-            .collect()
-    }
-
-    /// Runs a group of checked requests (one run when it has several) and files the results.
-    fn run_group(
-        &mut self,
-        checked: &[Result<CheckedRequest<'_, '_>, BackendError>],
-        group: &[usize],
-        results: &mut [Option<Outcome>],
-    ) {
-        let members: Vec<&CheckedRequest<'_, '_>> = group
-            .iter()
-            .filter_map(|&i| checked.get(i).and_then(|c| c.as_ref().ok()))
-            .collect();
-        let outcomes = if members.len() == 1 {
-            vec![self.run_one(members[0])]
-        } else {
-            match self.run_joined(&members) {
-                Ok(outcomes) => outcomes,
-                Err(e) => members.iter().map(|_| Err(e.clone())).collect(),
+/// Checks each request and answers those that fail on their own; splits the rest into runs of
+/// consecutive joinable requests whose rows fit `max_batch_size` (each request alone when the
+/// model does not batch).
+fn plan(spec: &ModelSpec, requests: Vec<Request>) -> Vec<Vec<Request>> {
+    let limit = if spec.inputs.is_empty() {
+        0
+    } else {
+        usize::try_from(spec.max_batch_size).unwrap_or(0)
+    };
+    let mut runs: Vec<(Vec<Request>, usize)> = Vec::new();
+    for request in requests {
+        let rows = match spec.check_request(&request) {
+            Ok(rows) => rows,
+            Err(e) => {
+                request.respond(Err(e));
+                continue;
             }
         };
-        for (&i, outcome) in group.iter().zip(outcomes) {
-            results[i] = Some(outcome);
+        match runs.last_mut() {
+            Some((run, total))
+                if *total + rows <= limit
+                    && run
+                        .last()
+                        .is_some_and(|last| batch::joinable(last, &request)) =>
+            {
+                run.push(request);
+                *total += rows;
+            }
+            _ => runs.push((vec![request], rows)),
+        }
+    }
+    runs.into_iter().map(|(run, _)| run).collect()
+}
+
+/// A verbose log line about one joined run: which requests, with their parameters.
+fn describe_run(model: &str, run: &[Request]) -> String {
+    let requests: Vec<String> = run
+        .iter()
+        .map(|r| {
+            let params: Vec<String> = r
+                .parameters()
+                .map(|p| match p.value {
+                    ParamValue::Str(s) => format!("{}={s}", p.key),
+                    ParamValue::Int(i) => format!("{}={i}", p.key),
+                    other => format!("{}={other:?}", p.key),
+                })
+                .collect();
+            format!("'{}' [{}]", r.id(), params.join(", "))
+        })
+        .collect();
+    format!(
+        "model '{model}': one session run for {} requests: {}",
+        run.len(),
+        requests.join(", ")
+    )
+}
+
+/// The index ranges of the consecutive `true` entries.
+fn true_runs(flags: &[bool]) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for (i, _) in flags.iter().enumerate().filter(|(_, f)| **f) {
+        match runs.last_mut() {
+            Some(run) if run.end == i => run.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs
+}
+
+impl Runner {
+    /// Runs a batch of requests and sends each its one final response or error.
+    pub fn execute(&mut self, requests: Vec<Request>) {
+        let spec = Arc::clone(&self.spec);
+        for run in plan(&spec, requests) {
+            if let [request] = run.as_slice() {
+                match guard(|| self.run_one(request)) {
+                    Ok(response) => response.send(true),
+                    Err(e) => request.responder().send_error(e, true),
+                }
+                continue;
+            }
+            ferrum_backend_api::log(LogLevel::VERBOSE, &describe_run(&spec.name, &run));
+            match guard(|| self.run_joined(&run)) {
+                Ok(responses) => responses.into_iter().for_each(|r| r.send(true)),
+                Err(e) => {
+                    for request in &run {
+                        request.responder().send_error(e.clone(), true);
+                    }
+                }
+            }
         }
     }
 
-    /// The outputs any of `members` asked for, in the spec's order.
-    fn wanted<'s>(spec: &'s ModelSpec, members: &[&CheckedRequest<'_, '_>]) -> Vec<&'s str> {
+    /// The outputs any of `requests` asked for, in the spec's order.
+    fn wanted<'s>(spec: &'s ModelSpec, requests: &[Request]) -> Vec<&'s str> {
         spec.outputs
             .iter()
             .map(|o| o.name.as_str())
-            .filter(|name| members.iter().any(|m| m.wants(name)))
+            .filter(|name| requests.iter().any(|r| r.wants_output(name)))
             .collect()
     }
 
-    /// Runs the session on these inputs and reads back the wanted outputs.
+    /// Runs the session on these inputs and returns the wanted outputs, in order.
     fn session_run(
         &mut self,
-        inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)>,
+        inputs: Inputs,
         wanted: &[&str],
-    ) -> Result<Vec<OutputData>, BackendError> {
+    ) -> Result<Vec<DynValue>, BackendError> {
         let spec = Arc::clone(&self.spec);
         let failed = |e: ort::Error| {
             BackendError::internal(format!(
@@ -121,119 +153,141 @@ impl Runner {
                 .run_with_options(inputs, &options)
                 .map_err(failed)?
         };
+        let mut produced: Vec<(&str, DynValue)> = outputs.into_iter().collect();
         wanted
             .iter()
             .map(|name| {
-                let value = outputs.get(*name).ok_or_else(|| {
-                    BackendError::internal(format!("ONNX Runtime returned no output '{name}'"))
-                })?;
-                OutputData::read(value).map_err(|e| {
-                    BackendError::new(e.code, format!("output '{name}': {}", e.message))
-                })
+                let at = produced
+                    .iter()
+                    .position(|(key, _)| key == name)
+                    .ok_or_else(|| {
+                        BackendError::internal(format!("ONNX Runtime returned no output '{name}'"))
+                    })?;
+                Ok(produced.swap_remove(at).1)
             })
             .collect()
     }
 
-    /// Runs one request on its own.
-    fn run_one(&mut self, request: &CheckedRequest<'_, '_>) -> Outcome {
+    /// Runs one request on its own and returns its response, ready to send.
+    fn run_one(&mut self, request: &Request) -> Result<Response, BackendError> {
         let spec = Arc::clone(&self.spec);
         let inputs = spec
             .inputs
             .iter()
-            .zip(&request.inputs)
-            .map(|(info, tensor)| {
-                let value = input_value(info.element, info.datatype, tensor.shape(), &[*tensor])?;
+            .map(|info| {
+                let tensor = request.require_input(&info.name)?;
+                let value = input_value(info, tensor.shape, &[tensor])?;
                 Ok((
                     Cow::Owned(info.name.clone()),
                     SessionInputValue::from(value),
                 ))
             })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        let wanted = Self::wanted(&spec, &[request]);
+            .collect::<Result<Inputs, BackendError>>()?;
+        let wanted = Self::wanted(&spec, std::slice::from_ref(request));
+        let mut response = request.response();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(response);
         }
-        let data = self.session_run(inputs, &wanted)?;
-        Ok(wanted
-            .iter()
-            .zip(data)
-            .map(|(name, d)| d.into_tensor(name))
-            .collect())
+        let values = self.session_run(inputs, &wanted)?;
+        for (name, value) in wanted.iter().zip(&values) {
+            let output = read_output(name, value)?;
+            response.output_from(name, output.datatype, &output.shape, &output.data)?;
+        }
+        Ok(response)
     }
 
-    /// Runs several requests as one batch and splits the outputs; an error fails them all.
-    fn run_joined(
-        &mut self,
-        members: &[&CheckedRequest<'_, '_>],
-    ) -> Result<Vec<Outcome>, BackendError> {
+    /// Runs several requests as one batch and splits each output among the responses of the
+    /// requests that asked for it; an error fails them all.
+    fn run_joined(&mut self, requests: &[Request]) -> Result<Vec<Response>, BackendError> {
         let spec = Arc::clone(&self.spec);
-        let total: usize = members.iter().map(|m| m.batch).sum();
-        let mut inputs = Vec::with_capacity(spec.inputs.len());
-        for (k, info) in spec.inputs.iter().enumerate() {
-            let parts: Vec<&ferrum_backend_api::Tensor<'_>> = members
+        let key = spec
+            .inputs
+            .first()
+            .ok_or_else(|| BackendError::internal("a batch of a model without inputs"))?;
+        let batch = Batch::of(requests, &key.name)?;
+        let total = i64::try_from(batch.total())
+            .map_err(|_| BackendError::invalid_argument("joined batch is too large"))?;
+        let mut inputs = Inputs::with_capacity(spec.inputs.len());
+        for info in &spec.inputs {
+            let parts = requests
                 .iter()
-                .filter_map(|m| m.inputs.get(k).copied())
-                .collect();
-            let mut shape = parts
-                .first()
-                .map(|t| t.shape().to_vec())
-                .unwrap_or_default();
-            if let Some(first) = shape.first_mut() {
-                *first = i64::try_from(total)
-                    .map_err(|_| BackendError::invalid_argument("joined batch is too large"))?;
+                .map(|r| r.require_input(&info.name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut shape = parts.first().map(|t| t.shape.to_vec()).unwrap_or_default();
+            if let Some(rows) = shape.first_mut() {
+                *rows = total;
             }
-            let value = input_value(info.element, info.datatype, &shape, &parts)?;
+            let value = input_value(info, &shape, &parts)?;
             inputs.push((
                 Cow::Owned(info.name.clone()),
                 SessionInputValue::from(value),
             ));
         }
-        let wanted = Self::wanted(&spec, members);
+        let wanted = Self::wanted(&spec, requests);
+        let mut responses: Vec<Response> = requests.iter().map(Request::response).collect();
         if wanted.is_empty() {
-            return Ok(members.iter().map(|_| Ok(Vec::new())).collect());
+            return Ok(responses);
         }
-        let data = self.session_run(inputs, &wanted)?;
-        for (name, d) in wanted.iter().zip(&data) {
-            if d.shape.first().and_then(|&n| usize::try_from(n).ok()) != Some(total) {
+        let values = self.session_run(inputs, &wanted)?;
+        for (name, value) in wanted.iter().zip(&values) {
+            let output = read_output(name, value)?;
+            if output.shape.first() != Some(&total) {
                 return Err(BackendError::internal(format!(
                     "output '{name}' of model '{}' has shape {:?} for a joined batch of {total}; \
                      it cannot be split between requests",
-                    spec.name, d.shape
+                    spec.name, output.shape
                 )));
             }
-        }
-        let mut start = 0usize;
-        let mut outcomes = Vec::with_capacity(members.len());
-        for member in members {
-            let mut outputs = Vec::new();
-            for (name, d) in wanted.iter().zip(&data) {
-                if member.wants(name) {
-                    let part = d.rows(name, start, member.batch).ok_or_else(|| {
+            let wants: Vec<bool> = requests.iter().map(|r| r.wants_output(name)).collect();
+            for run in true_runs(&wants) {
+                let first: usize = batch.rows()[..run.start].iter().sum();
+                let part = Batch::of(&requests[run.clone()], &key.name)?;
+                let bytes = output
+                    .row_range(first..first + part.total())
+                    .and_then(|range| output.data.get(range))
+                    .ok_or_else(|| {
                         BackendError::internal(format!("output '{name}' could not be split"))
                     })?;
-                    outputs.push(part);
+                let mut shape = output.shape.clone();
+                if let Some(rows) = shape.first_mut() {
+                    *rows = i64::try_from(part.total())
+                        .map_err(|_| BackendError::internal("joined batch is too large"))?;
                 }
+                batch::split_output(
+                    &mut responses[run],
+                    &part,
+                    name,
+                    output.datatype,
+                    &shape,
+                    bytes,
+                )?;
             }
-            start += member.batch;
-            outcomes.push(Ok(outputs));
         }
-        Ok(outcomes)
+        Ok(responses)
     }
+}
+
+/// Reads an output value, naming the output in errors.
+fn read_output<'v>(name: &str, value: &'v DynValue) -> Result<OutputData<'v>, BackendError> {
+    OutputData::read(value)
+        .map_err(|e| BackendError::new(e.code, format!("output '{name}': {}", e.message)))
 }
 
 #[cfg(test)]
 mod tests {
-    //! These run real sessions, so they need the ONNX Runtime library: `FERRUM_ONNXRUNTIME_LIBRARY`,
-    //! the debug install tree (`make test-build`) or the download cache. Without it they say so
-    //! and pass.
+    //! The planning tests need nothing else. The others run real sessions, so they need the ONNX
+    //! Runtime library: `FERRUM_ONNXRUNTIME_LIBRARY`, the debug install tree (`make test-build`)
+    //! or the download cache. Without it they say so and pass.
     use std::path::PathBuf;
 
-    use ferrum_backend_api::abi_stable::std_types::{RSlice, RStr};
-    use ferrum_backend_api::{DataType, Memory, Tensor, bytes};
+    use ferrum_backend_api::{DataType, OutputTensor, bytes};
+    use ort::value::TensorElementType;
     use serde_json::json;
 
     use super::*;
+    use crate::model::IoInfo;
     use crate::settings::SessionSettings;
+    use crate::testing::{Answers, Input, input, request};
 
     fn library() -> Option<PathBuf> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -270,14 +324,14 @@ mod tests {
         })
     }
 
-    fn tensor<'a>(name: &'a str, dt: DataType, shape: &'a [i64], data: &'a [u8]) -> Tensor<'a> {
-        Tensor {
-            name: RStr::from_str(name),
-            datatype: dt,
-            shape: RSlice::from_slice(shape),
-            data: RSlice::from_slice(data),
-            memory: Memory::CPU,
-        }
+    /// Runs these requests as one batch; returns where each one's answer can be read.
+    fn execute(runner: &mut Runner, requests: Vec<(Vec<Input>, &[&str])>) -> Vec<Answers> {
+        let (requests, answers): (Vec<Request>, Vec<Answers>) = requests
+            .into_iter()
+            .map(|(inputs, outputs)| request(inputs, outputs))
+            .unzip();
+        runner.execute(requests);
+        answers
     }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -288,66 +342,132 @@ mod tests {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
+    fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
+        v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn int32_matrix_spec(max_batch_size: i64) -> ModelSpec {
+        let io = |name: &str| IoInfo {
+            name: name.into(),
+            element: TensorElementType::Int32,
+            datatype: DataType::INT32,
+            shape: vec![-1, -1],
+        };
+        let config = json!({ "max_batch_size": max_batch_size });
+        ModelSpec::from_parts("m", &config, vec![io("INPUT0")], vec![io("OUTPUT0")]).unwrap()
+    }
+
+    /// A request of the int32 matrix model with this shape.
+    fn matrix(shape: [i64; 2]) -> (Request, Answers) {
+        let data = i32_bytes(0..(shape[0] * shape[1]) as i32);
+        request(vec![input("INPUT0", DataType::INT32, &shape, &data)], &[])
+    }
+
+    #[test]
+    fn plan_joins_neighbours_within_max_batch_size() {
+        let spec = int32_matrix_spec(3);
+        let bad = request(
+            vec![input("INPUT0", DataType::FP32, &[1, 4], &[0; 16])],
+            &[],
+        );
+        let requests = vec![
+            matrix([2, 2]),
+            matrix([1, 2]),
+            matrix([1, 2]),
+            matrix([1, 4]),
+            bad,
+            matrix([2, 4]),
+            matrix([1, 4]),
+        ];
+        let (requests, answers): (Vec<Request>, Vec<Answers>) = requests.into_iter().unzip();
+        let runs = plan(&spec, requests);
+        let shapes: Vec<Vec<Vec<i64>>> = runs
+            .iter()
+            .map(|run| {
+                run.iter()
+                    .map(|r| r.require_input("INPUT0").unwrap().shape.to_vec())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                vec![vec![2, 2], vec![1, 2]],
+                vec![vec![1, 2]],
+                vec![vec![1, 4], vec![2, 4]],
+                vec![vec![1, 4]],
+            ]
+        );
+        assert!(answers[4].error().contains("data type FP32"));
+
+        let alone = plan(
+            &int32_matrix_spec(0),
+            vec![matrix([1, 2]).0, matrix([1, 2]).0],
+        );
+        assert_eq!(alone.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+    }
+
+    #[test]
+    fn true_runs_find_consecutive_wants() {
+        assert_eq!(true_runs(&[true, true, false, true]), vec![0..2, 3..4]);
+        assert_eq!(true_runs(&[false, true, false]), vec![1..2]);
+        assert!(true_runs(&[false, false]).is_empty());
+        assert_eq!(true_runs(&[true; 3]), vec![0..3]);
+    }
+
     #[test]
     fn joined_batch_equals_separate_runs() {
         let Some(mut r) = runner("multi_io", json!({"max_batch_size": 8})) else {
             return;
         };
         let batches = [1usize, 2, 3];
-        let a: Vec<Vec<u8>> = batches
+        let a: Vec<Vec<f32>> = batches
             .iter()
             .enumerate()
             .map(|(k, &b)| {
-                f32_bytes(
-                    &(0..b * 4)
-                        .map(|i| (i as f32 - 3.0) * (k as f32 + 0.5))
-                        .collect::<Vec<_>>(),
-                )
+                (0..b * 4)
+                    .map(|i| (i as f32 - 3.0) * (k as f32 + 0.5))
+                    .collect()
             })
             .collect();
-        let bv: Vec<Vec<u8>> = batches
+        let bv: Vec<Vec<i64>> = batches
             .iter()
-            .map(|&b| i64_bytes(&(0..b * 4).map(|i| (i as i64 % 5) - 2).collect::<Vec<_>>()))
-            .collect();
-        let shapes: Vec<[i64; 2]> = batches.iter().map(|&b| [b as i64, 4]).collect();
-        let inputs: Vec<[Tensor<'_>; 2]> = (0..3)
-            .map(|k| {
-                [
-                    tensor("A", DataType::FP32, &shapes[k], &a[k]),
-                    tensor("B", DataType::INT64, &shapes[k], &bv[k]),
-                ]
-            })
+            .map(|&b| (0..b * 4).map(|i| (i as i64 % 5) - 2).collect())
             .collect();
         let wanted: [&[&str]; 3] = [&[], &["GT"], &["IDX", "SUM"]];
-        let views: Vec<RequestView<'_, '_>> = (0..3)
-            .map(|k| RequestView {
-                inputs: &inputs[k],
-                requested_outputs: wanted[k],
-            })
-            .collect();
-        let joined = r.run(&views);
-        let separate: Vec<_> = views
+        let requests = || -> Vec<(Vec<Input>, &[&str])> {
+            (0..3)
+                .map(|k| {
+                    let shape = [batches[k] as i64, 4];
+                    let a = input("A", DataType::FP32, &shape, &f32_bytes(&a[k]));
+                    let b = input("B", DataType::INT64, &shape, &i64_bytes(&bv[k]));
+                    // The second request's first input comes from shared memory, in two parts.
+                    let a = if k == 1 { a.shared_in_two(12) } else { a };
+                    (vec![a, b], wanted[k])
+                })
+                .collect()
+        };
+        let joined: Vec<Vec<OutputTensor>> = execute(&mut r, requests())
             .iter()
-            .map(|v| r.run(std::slice::from_ref(v)))
+            .map(Answers::outputs)
             .collect();
-        for (k, (j, s)) in joined.iter().zip(&separate).enumerate() {
-            let j = j.as_ref().unwrap();
-            let s = s[0].as_ref().unwrap();
-            assert_eq!(j.len(), s.len(), "request {k}");
-            for (x, y) in j.iter().zip(s) {
-                assert_eq!(x.name, y.name);
-                assert_eq!(x.shape, y.shape, "request {k} output {}", x.name);
-                assert_eq!(x.data, y.data, "request {k} output {}", x.name);
-            }
-        }
-        let names: Vec<&str> = joined[2]
-            .as_ref()
-            .unwrap()
+        let separate: Vec<Vec<OutputTensor>> = requests()
+            .into_iter()
+            .map(|one| execute(&mut r, vec![one])[0].outputs())
+            .collect();
+        assert_eq!(joined, separate);
+        let names = |k: usize| -> Vec<&str> { joined[k].iter().map(|o| o.name.as_str()).collect() };
+        assert_eq!(names(0), ["SUM", "GT", "IDX"]);
+        assert_eq!(names(1), ["GT"]);
+        assert_eq!(names(2), ["SUM", "IDX"]);
+        let sum: Vec<f32> = a[2]
             .iter()
-            .map(|o| o.name.as_str())
+            .zip(&bv[2])
+            .map(|(x, y)| x + *y as f32)
             .collect();
-        assert_eq!(names, ["SUM", "IDX"]);
-        assert_eq!(joined[0].as_ref().unwrap().len(), 3);
+        assert_eq!(joined[2][0].shape, [3, 4]);
+        assert_eq!(joined[2][0].data, f32_bytes(&sum));
+        assert_eq!(joined[2][1].shape, [3]);
     }
 
     #[test]
@@ -355,61 +475,119 @@ mod tests {
         let Some(mut r) = runner("identity_bytes", json!({"max_batch_size": 8})) else {
             return;
         };
-        let first = bytes::encode([&b"a"[..], b"", b"\x00z"]);
-        let second = bytes::encode([&b"\xff"[..], b"long string"]);
-        let third = bytes::encode([&b"q"[..], b"r", b"s", b"t"]);
-        let shapes = [[1i64, 3], [2, 1], [2, 2]];
-        let inputs = [
-            [tensor("INPUT0", DataType::BYTES, &shapes[0], &first)],
-            [tensor("INPUT0", DataType::BYTES, &shapes[1], &second)],
-            [tensor(
-                "INPUT0",
-                DataType::BYTES,
-                &shapes[2],
-                &third[..third.len() - 1],
-            )],
-        ];
-        let views: Vec<RequestView<'_, '_>> = inputs
-            .iter()
-            .map(|i| RequestView {
-                inputs: i,
-                requested_outputs: &[],
-            })
-            .collect();
-        let results = r.run(&views);
-        let out0 = &results[0].as_ref().unwrap()[0];
-        assert_eq!(out0.shape.as_slice(), &[1, 3]);
-        assert_eq!(out0.data.as_slice(), first.as_slice());
-        let out1 = &results[1].as_ref().unwrap()[0];
-        assert_eq!(out1.shape.as_slice(), &[2, 1]);
-        assert_eq!(out1.data.as_slice(), second.as_slice());
-        let err = results[2].as_ref().unwrap_err();
-        assert!(err.message.as_str().contains("'INPUT0'"), "{}", err.message);
+        let first = bytes::encode([&b"a"[..], b""]);
+        let second = bytes::encode([&b"\xff"[..], b"long string", b"\x00z", b"q"]);
+        let third = bytes::encode([&b"r"[..], b"s"]);
+        let answers = execute(
+            &mut r,
+            vec![
+                (vec![input("INPUT0", DataType::BYTES, &[1, 2], &first)], &[]),
+                (
+                    vec![input("INPUT0", DataType::BYTES, &[2, 2], &second).shared_in_two(7)],
+                    &[],
+                ),
+                (
+                    vec![input(
+                        "INPUT0",
+                        DataType::BYTES,
+                        &[1, 2],
+                        &third[..third.len() - 1],
+                    )],
+                    &[],
+                ),
+                (vec![input("INPUT0", DataType::BYTES, &[1, 2], &third)], &[]),
+            ],
+        );
+        let expect = [(&[1i64, 2], &first), (&[2, 2], &second)];
+        for (answer, (shape, data)) in answers.iter().zip(expect) {
+            let out = &answer.outputs()[0];
+            assert_eq!(
+                (out.name.as_str(), out.datatype),
+                ("OUTPUT0", DataType::BYTES)
+            );
+            assert_eq!(out.shape.as_slice(), shape);
+            assert_eq!(&out.data, data);
+        }
+        assert!(answers[2].error().contains("'INPUT0'"));
+        assert_eq!(answers[3].outputs()[0].data, third);
     }
 
     #[test]
-    fn groups_respect_max_batch_size_and_shapes() {
+    fn joined_runs_respect_max_batch_size_and_shapes() {
         let Some(mut r) = runner("identity_int32", json!({"max_batch_size": 3})) else {
             return;
         };
-        let data: Vec<u8> = (0..12i32).flat_map(|x| x.to_le_bytes()).collect();
-        let shapes = [[2i64, 2], [2, 2], [1, 4]];
-        let inputs = [
-            [tensor("INPUT0", DataType::INT32, &shapes[0], &data[..16])],
-            [tensor("INPUT0", DataType::INT32, &shapes[1], &data[16..32])],
-            [tensor("INPUT0", DataType::INT32, &shapes[2], &data[32..48])],
-        ];
-        let views: Vec<RequestView<'_, '_>> = inputs
-            .iter()
-            .map(|i| RequestView {
-                inputs: i,
-                requested_outputs: &["OUTPUT0"],
-            })
-            .collect();
-        for (k, result) in r.run(&views).iter().enumerate() {
-            let out = &result.as_ref().unwrap()[0];
-            assert_eq!(out.shape.as_slice(), &shapes[k]);
-            assert_eq!(out.data.as_slice(), &data[k * 16..(k + 1) * 16]);
+        let data = i32_bytes(0..14);
+        let shapes = [[2i64, 2], [1, 2], [2, 2], [1, 4]];
+        let mut at = 0;
+        let mut requests: Vec<(Vec<Input>, &[&str])> = Vec::new();
+        for shape in &shapes {
+            let len = (shape[0] * shape[1] * 4) as usize;
+            let t = input("INPUT0", DataType::INT32, shape, &data[at..at + len]);
+            requests.push((vec![t.shared_in_two(4)], &["OUTPUT0"]));
+            at += len;
         }
+        let mut at = 0;
+        for (answer, shape) in execute(&mut r, requests).iter().zip(&shapes) {
+            let out = &answer.outputs()[0];
+            let len = (shape[0] * shape[1] * 4) as usize;
+            assert_eq!(out.shape.as_slice(), shape);
+            assert_eq!(out.data, &data[at..at + len]);
+            at += len;
+        }
+    }
+
+    #[test]
+    fn bools_are_normalised() {
+        let Some(mut r) = runner("identity_bool", json!({"max_batch_size": 4})) else {
+            return;
+        };
+        let answers = execute(
+            &mut r,
+            vec![
+                (
+                    vec![input("INPUT0", DataType::BOOL, &[1, 3], &[0, 7, 1])],
+                    &[],
+                ),
+                (
+                    vec![input("INPUT0", DataType::BOOL, &[1, 3], &[255, 0, 0])],
+                    &[],
+                ),
+            ],
+        );
+        assert_eq!(answers[0].outputs()[0].data, [0, 1, 1]);
+        assert_eq!(answers[1].outputs()[0].data, [1, 0, 0]);
+    }
+
+    #[test]
+    fn a_model_without_batching_runs_each_request_alone() {
+        let Some(mut r) = runner("no_batch_fp64", json!({"max_batch_size": 0})) else {
+            return;
+        };
+        let x = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let answers = execute(
+            &mut r,
+            vec![
+                (
+                    vec![input("X", DataType::FP64, &[1, 3], &x(&[1.0, 2.0, 3.0]))],
+                    &["S"],
+                ),
+                (
+                    vec![input("X", DataType::FP64, &[2, 3], &x(&[0.0; 6]))],
+                    &["S", "Y"],
+                ),
+            ],
+        );
+        let first = answers[0].outputs();
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].name.as_str(), first[0].shape.as_slice()),
+            ("S", &[1][..])
+        );
+        assert_eq!(first[0].data, x(&[6.0]));
+        let second = answers[1].outputs();
+        assert_eq!(second[0].name, "Y");
+        assert_eq!(second[0].data, x(&[1.0; 6]));
+        assert_eq!(second[1].data, x(&[0.0; 2]));
     }
 }

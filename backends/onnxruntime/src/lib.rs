@@ -12,6 +12,8 @@ mod model;
 mod runtime;
 mod settings;
 mod tensors;
+#[cfg(test)]
+mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,7 @@ use ort::session::Session;
 use serde_json::Value;
 
 use crate::execute::Runner;
-use crate::model::{ModelSpec, RequestView, io_infos};
+use crate::model::{ModelSpec, io_infos};
 use crate::settings::{BackendSettings, OptLevel, SessionSettings};
 
 /// The model file name when the config names none.
@@ -180,20 +182,8 @@ struct OnnxInstance {
 }
 
 impl Instance for OnnxInstance {
-    fn execute(&mut self, requests: &[Request<'_>]) -> Result<(), BackendError> {
-        let names: Vec<Vec<&str>> = requests
-            .iter()
-            .map(|r| r.requested_outputs.iter().map(|s| s.as_str()).collect())
-            .collect();
-        let views: Vec<RequestView<'_, '_>> = requests
-            .iter()
-            .zip(&names)
-            .map(|(r, n)| model::view_of(r, n))
-            .collect();
-        let results = self.runner.run(&views);
-        for (request, result) in requests.iter().zip(results) {
-            request.respond(result.map(Response::from_outputs));
-        }
+    fn execute(&mut self, requests: Vec<Request>) -> Result<(), BackendError> {
+        self.runner.execute(requests);
         Ok(())
     }
 }

@@ -234,24 +234,21 @@ impl ModelSpec {
         })
     }
 
-    /// Checks one request's inputs and requested outputs; returns its inputs in model order
-    /// and its batch size (1 when the model does not batch).
-    pub fn check_request<'r, 'a>(
-        &self,
-        request: &'r RequestView<'r, 'a>,
-    ) -> Result<CheckedRequest<'r, 'a>, BackendError> {
-        for tensor in request.inputs {
-            if !self.inputs.iter().any(|i| i.name == tensor.name()) {
+    /// Checks one request's inputs and requested outputs; returns its batch size (1 when the
+    /// model does not batch).
+    pub fn check_request(&self, request: &Request) -> Result<usize, BackendError> {
+        for tensor in request.inputs() {
+            if !self.inputs.iter().any(|i| i.name == tensor.name) {
                 return Err(BackendError::invalid_argument(format!(
                     "unexpected input '{}' for model '{}' (its inputs: {})",
-                    tensor.name(),
+                    tensor.name,
                     self.name,
                     names(&self.inputs)
                 )));
             }
         }
-        for wanted in request.requested_outputs {
-            if !self.outputs.iter().any(|o| o.name == *wanted) {
+        for wanted in request.requested_outputs() {
+            if !self.outputs.iter().any(|o| o.name == wanted) {
                 return Err(BackendError::invalid_argument(format!(
                     "unknown output '{wanted}' requested from model '{}' (its outputs: {})",
                     self.name,
@@ -259,21 +256,16 @@ impl ModelSpec {
                 )));
             }
         }
-        let mut inputs = Vec::with_capacity(self.inputs.len());
         let mut batch = None;
         for info in &self.inputs {
-            let tensor = request
-                .inputs
-                .iter()
-                .find(|t| t.name() == info.name)
-                .ok_or_else(|| {
-                    BackendError::invalid_argument(format!(
-                        "missing input '{}' for model '{}'",
-                        info.name, self.name
-                    ))
-                })?;
-            self.check_input(info, tensor)?;
-            if let (true, Some(&b)) = (self.max_batch_size > 0, tensor.shape().first()) {
+            let tensor = request.input(&info.name).ok_or_else(|| {
+                BackendError::invalid_argument(format!(
+                    "missing input '{}' for model '{}'",
+                    info.name, self.name
+                ))
+            })?;
+            self.check_input(info, &tensor)?;
+            if let (true, Some(&b)) = (self.max_batch_size > 0, tensor.shape.first()) {
                 if let Some(previous) = batch.filter(|&p| p != b) {
                     return Err(BackendError::invalid_argument(format!(
                         "input '{}' has batch size {b} but an earlier input has {previous}; all inputs must agree",
@@ -282,13 +274,8 @@ impl ModelSpec {
                 }
                 batch = Some(b);
             }
-            inputs.push(tensor);
         }
-        Ok(CheckedRequest {
-            inputs,
-            batch: batch.and_then(|b| usize::try_from(b).ok()).unwrap_or(1),
-            requested_outputs: request.requested_outputs,
-        })
+        Ok(batch.and_then(|b| usize::try_from(b).ok()).unwrap_or(1))
     }
 
     /// Checks one input tensor: type, memory, shape, batch size and byte count.
@@ -300,12 +287,13 @@ impl ModelSpec {
                 tensor.datatype, self.name, info.datatype
             )));
         }
-        if tensor.memory.kind != MemoryKind::CPU && tensor.memory.kind != MemoryKind::CPU_PINNED {
+        let memory = tensor.memory().kind;
+        if memory != MemoryKind::CPU && memory != MemoryKind::CPU_PINNED {
             return Err(BackendError::unsupported(format!(
                 "input '{name}' is in GPU memory; this backend reads inputs from CPU memory only"
             )));
         }
-        let shape = tensor.shape();
+        let shape = tensor.shape;
         let shape_ok = shape.len() == info.shape.len()
             && shape
                 .iter()
@@ -348,9 +336,9 @@ impl ModelSpec {
                 fmt_dims(shape)
             ))
         })?;
-        let data = tensor.data();
         if info.datatype == DataType::BYTES {
-            let items = bytes::decode(data).map_err(|e| {
+            let data = tensor.data();
+            let items = bytes::decode(&data).map_err(|e| {
                 BackendError::invalid_argument(format!("input '{name}': {}", e.message))
             })?;
             if items.len() != count {
@@ -365,10 +353,10 @@ impl ModelSpec {
                 .datatype
                 .element_size()
                 .and_then(|size| size.checked_mul(count));
-            if expected != Some(data.len()) {
+            if expected != Some(tensor.byte_size()) {
                 return Err(BackendError::invalid_argument(format!(
                     "input '{name}' holds {} bytes but its shape {} of {} needs {}",
-                    data.len(),
+                    tensor.byte_size(),
                     fmt_dims(shape),
                     info.datatype,
                     expected
@@ -448,53 +436,10 @@ fn check_batch_dim(model: &str, kind: &str, info: &IoInfo) -> Result<(), Backend
     }
 }
 
-/// A request's parts the backend reads, borrowed from the server's request.
-pub struct RequestView<'r, 'a> {
-    /// Input tensors.
-    pub inputs: &'r [Tensor<'a>],
-    /// Names of the outputs asked for (empty: all).
-    pub requested_outputs: &'r [&'r str],
-}
-
-/// A request that passed [`ModelSpec::check_request`].
-pub struct CheckedRequest<'r, 'a> {
-    /// Inputs in the model's order.
-    pub inputs: Vec<&'r Tensor<'a>>,
-    /// Batch size (first dimension), 1 for a model without batching.
-    pub batch: usize,
-    /// Outputs asked for (empty: all).
-    pub requested_outputs: &'r [&'r str],
-}
-
-impl CheckedRequest<'_, '_> {
-    /// Whether this request wants an output.
-    pub fn wants(&self, name: &str) -> bool {
-        self.requested_outputs.is_empty() || self.requested_outputs.contains(&name)
-    }
-
-    /// Whether `other` can run in one batch with this request: same shapes past the batch
-    /// dimension for every input.
-    pub fn joins(&self, other: &CheckedRequest<'_, '_>) -> bool {
-        self.inputs.len() == other.inputs.len()
-            && self
-                .inputs
-                .iter()
-                .zip(&other.inputs)
-                .all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
-    }
-}
-
-/// Borrows a server request as a [`RequestView`]; `names` holds its requested output names.
-pub fn view_of<'r, 'a>(request: &'r Request<'a>, names: &'r [&'r str]) -> RequestView<'r, 'a> {
-    RequestView {
-        inputs: request.inputs.as_slice(),
-        requested_outputs: names,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, Input, input};
     use serde_json::json;
 
     fn io(name: &str, datatype: DataType, element: TensorElementType, shape: &[i64]) -> IoInfo {
@@ -564,15 +509,11 @@ mod tests {
         assert!(e.message.as_str().contains("'x'"));
     }
 
-    fn tensor<'a>(name: &'a str, dt: DataType, shape: &'a [i64], data: &'a [u8]) -> Tensor<'a> {
-        use ferrum_backend_api::abi_stable::std_types::{RSlice, RStr};
-        Tensor {
-            name: RStr::from_str(name),
-            datatype: dt,
-            shape: RSlice::from_slice(shape),
-            data: RSlice::from_slice(data),
-            memory: ferrum_backend_api::Memory::CPU,
-        }
+    /// Checks a test request with these inputs and requested outputs.
+    fn check(spec: &ModelSpec, inputs: Vec<Input>, outputs: &[&str]) -> Result<usize, String> {
+        let (request, _) = testing::request(inputs, outputs);
+        spec.check_request(&request)
+            .map_err(|e| e.message.to_string())
     }
 
     #[test]
@@ -580,71 +521,72 @@ mod tests {
         let (i, o) = mlp();
         let spec = ModelSpec::from_parts("m", &json!({"max_batch_size": 2}), i, o).unwrap();
         let data = [0u8; 32];
-        let good = [tensor("x", DataType::FP32, &[2, 4], &data)];
-        let view = RequestView {
-            inputs: &good,
-            requested_outputs: &["y"],
-        };
-        let checked = spec.check_request(&view).unwrap();
-        assert_eq!(checked.batch, 2);
-        assert!(checked.wants("y") && !checked.wants("z"));
+        let good = || input("x", DataType::FP32, &[2, 4], &data);
+        assert_eq!(check(&spec, vec![good()], &["y"]), Ok(2));
+        assert_eq!(check(&spec, vec![good().shared_in_two(5)], &[]), Ok(2));
 
-        let cases: Vec<(Vec<Tensor<'_>>, Vec<&str>, &str)> = vec![
+        let cases: Vec<(Vec<Input>, Vec<&str>, &str)> = vec![
             (
-                vec![tensor("x", DataType::FP32, &[1, 4], &data)],
+                vec![input("x", DataType::FP32, &[1, 4], &data)],
                 vec![],
                 "holds 32 bytes",
             ),
             (
-                vec![tensor("x", DataType::FP32, &[3, 4], &data[..0])],
+                vec![input("x", DataType::FP32, &[3, 4], &data[..0])],
                 vec![],
                 "max_batch_size",
             ),
             (
-                vec![tensor("x", DataType::INT32, &[2, 4], &data)],
+                vec![input("x", DataType::FP32, &[0, 4], &data[..0])],
+                vec![],
+                "batch size 0",
+            ),
+            (
+                vec![input("x", DataType::INT32, &[2, 4], &data)],
                 vec![],
                 "data type INT32",
             ),
             (
-                vec![tensor("x", DataType::FP32, &[2, 5], &data)],
+                vec![input("x", DataType::FP32, &[2, 5], &data)],
                 vec![],
                 "shape [5] (batch 2)",
             ),
             (
-                vec![tensor("x", DataType::FP32, &[8], &data)],
+                vec![input("x", DataType::FP32, &[8], &data)],
                 vec![],
                 "'x' has shape",
             ),
+            (vec![good().on_gpu()], vec![], "GPU memory"),
             (vec![], vec![], "missing input 'x'"),
             (
-                vec![
-                    tensor("x", DataType::FP32, &[2, 4], &data),
-                    tensor("w", DataType::FP32, &[1], &data[..4]),
-                ],
+                vec![good(), input("w", DataType::FP32, &[1], &data[..4])],
                 vec![],
                 "unexpected input 'w'",
             ),
-            (
-                vec![tensor("x", DataType::FP32, &[2, 4], &data)],
-                vec!["nope"],
-                "unknown output 'nope'",
-            ),
+            (vec![good()], vec!["nope"], "unknown output 'nope'"),
         ];
-        for (inputs, outputs, expect) in &cases {
-            let view = RequestView {
-                inputs,
-                requested_outputs: outputs,
-            };
-            let err = spec
-                .check_request(&view)
+        for (inputs, outputs, expect) in cases {
+            let err = check(&spec, inputs, &outputs)
                 .err()
                 .unwrap_or_else(|| panic!("no error for {expect}"));
-            assert!(
-                err.message.as_str().contains(expect),
-                "{expect}: {}",
-                err.message
-            );
+            assert!(err.contains(expect), "{expect}: {err}");
         }
+    }
+
+    #[test]
+    fn inputs_must_agree_on_the_batch_size() {
+        let i = vec![
+            io("a", DataType::INT8, TensorElementType::Int8, &[-1]),
+            io("b", DataType::INT8, TensorElementType::Int8, &[-1]),
+        ];
+        let spec = ModelSpec::from_parts("m", &json!({"max_batch_size": 4}), i.clone(), i).unwrap();
+        let two = input("a", DataType::INT8, &[2], &[1, 2]);
+        let three = input("b", DataType::INT8, &[3], &[1, 2, 3]);
+        let err = check(&spec, vec![two, three], &[]).unwrap_err();
+        assert!(
+            err.contains("batch size 3 but an earlier input has 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -652,29 +594,13 @@ mod tests {
         let i = vec![io("s", DataType::BYTES, TensorElementType::String, &[-1])];
         let spec = ModelSpec::from_parts("m", &json!({}), i.clone(), i).unwrap();
         let two = bytes::encode(["a", "bc"]);
-        let ok = [tensor("s", DataType::BYTES, &[2], &two)];
-        spec.check_request(&RequestView {
-            inputs: &ok,
-            requested_outputs: &[],
-        })
-        .unwrap();
-        let bad = [tensor("s", DataType::BYTES, &[3], &two)];
-        let err = spec
-            .check_request(&RequestView {
-                inputs: &bad,
-                requested_outputs: &[],
-            })
-            .err()
-            .unwrap();
-        assert!(err.message.as_str().contains("holds 2 strings"));
-        let cut = [tensor("s", DataType::BYTES, &[1], &two[..3])];
-        let err = spec
-            .check_request(&RequestView {
-                inputs: &cut,
-                requested_outputs: &[],
-            })
-            .err()
-            .unwrap();
-        assert!(err.message.as_str().contains("'s'"));
+        let ok = input("s", DataType::BYTES, &[2], &two);
+        assert_eq!(check(&spec, vec![ok], &[]), Ok(1));
+        let bad = input("s", DataType::BYTES, &[3], &two);
+        let err = check(&spec, vec![bad], &[]).unwrap_err();
+        assert!(err.contains("holds 2 strings"), "{err}");
+        let cut = input("s", DataType::BYTES, &[1], &two[..3]);
+        let err = check(&spec, vec![cut], &[]).unwrap_err();
+        assert!(err.contains("'s'"), "{err}");
     }
 }

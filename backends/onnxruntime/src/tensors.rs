@@ -1,12 +1,17 @@
 //! Moving tensor data between the server's encoding and ONNX Runtime values: data types,
-//! input values built from one or more requests, and output values read back as bytes.
+//! input values built from the inputs of one or more requests, and output values read back in
+//! the server's encoding.
 
+use std::borrow::Cow;
 use std::ffi::c_void;
+use std::ops::Range;
 
 use ferrum_backend_api::{BackendError, DataType, Tensor, bytes};
 use ort::AsPointer;
 use ort::memory::Allocator;
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
+
+use crate::model::IoInfo;
 
 /// The Triton data type of an ONNX element type, where Triton has one.
 pub fn triton_type(element: TensorElementType) -> Option<DataType> {
@@ -68,110 +73,124 @@ fn data_pointer(value: *const ort::sys::OrtValue) -> Result<*mut c_void, Backend
 }
 
 /// Builds one model input from the same input of one or more requests, joined along the first
-/// dimension; `shape` is the joined shape. The parts have been checked against their shapes.
+/// dimension; `shape` is the joined shape. Bytes are copied straight into the new value.
 pub fn input_value(
-    element: TensorElementType,
-    datatype: DataType,
+    info: &IoInfo,
     shape: &[i64],
-    parts: &[&Tensor<'_>],
+    parts: &[Tensor<'_>],
 ) -> Result<DynTensor, BackendError> {
-    let mut value = DynTensor::new(&Allocator::default(), element, shape.to_vec())
+    let name = &info.name;
+    let count = checked_count(shape).ok_or_else(|| {
+        BackendError::internal(format!("input '{name}' has an impossible shape {shape:?}"))
+    })?;
+    let mut value = DynTensor::new(&Allocator::default(), info.element, shape.to_vec())
         .map_err(|e| ort_error("allocate an input tensor", e))?;
-    if datatype == DataType::BYTES {
-        let mut index = 0usize;
-        for part in parts {
-            for item in bytes::decode(part.data())? {
-                let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
-                // SAFETY: `value` is a string tensor with at least `index + 1` elements (the
-                // element counts were checked); ONNX Runtime sizes element `index` to
-                // `item.len()` bytes and returns its buffer.
-                let status = unsafe {
-                    (ort::api().GetResizedStringTensorElementBuffer)(
-                        value.ptr_mut(),
-                        index,
-                        item.len(),
-                        &mut buffer,
-                    )
-                };
-                check(status, "size a string element")?;
-                if !item.is_empty() {
-                    if buffer.is_null() {
-                        return Err(ort_error("size a string element", "no buffer"));
-                    }
-                    // SAFETY: `buffer` holds `item.len()` writable bytes, distinct from `item`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            item.as_ptr(),
-                            buffer.cast::<u8>(),
-                            item.len(),
-                        )
-                    };
-                }
-                index += 1;
-            }
-        }
+    if info.datatype == DataType::BYTES {
+        write_strings(&mut value, name, count, parts)?;
         return Ok(value);
     }
-    let total: usize = parts.iter().map(|p| p.data().len()).sum();
-    if total == 0 {
-        return Ok(value);
-    }
-    let expected = checked_count(shape).and_then(|n| element.byte_size(n));
+    let total: usize = parts.iter().map(Tensor::byte_size).sum();
+    let expected = info.element.byte_size(count);
     if expected != Some(total) {
         return Err(BackendError::internal(format!(
-            "input data is {total} bytes but its joined shape {shape:?} needs {expected:?}"
+            "input '{name}' is {total} bytes but its joined shape {shape:?} needs {expected:?}"
         )));
+    }
+    if total == 0 {
+        return Ok(value);
     }
     let base = data_pointer(value.ptr())?.cast::<u8>();
     if base.is_null() {
         return Err(ort_error("allocate an input tensor", "no data buffer"));
     }
-    let mut offset = 0usize;
+    // SAFETY: ONNX Runtime allocated the `total` bytes this shape and type need at `base`; they
+    // stay alive with `value`, which nothing else touches while this slice is in use.
+    let buffer = unsafe { std::slice::from_raw_parts_mut(base, total) };
+    let mut at = 0;
     for part in parts {
-        let data = part.data();
-        // SAFETY: the tensor buffer holds `total` bytes and the parts add up to `total`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), data.len()) };
-        offset += data.len();
+        let end = at + part.byte_size();
+        part.copy_to(&mut buffer[at..end])?;
+        at = end;
     }
-    if datatype == DataType::BOOL {
+    if info.datatype == DataType::BOOL {
         // ONNX Runtime's bool is one byte that must be 0 or 1; the protocol allows any non-zero.
-        // SAFETY: the buffer holds `total` initialised bytes, written above.
-        let written = unsafe { std::slice::from_raw_parts_mut(base, total) };
-        for b in written {
+        for b in buffer {
             *b = u8::from(*b != 0);
         }
     }
     Ok(value)
 }
 
-/// An output read back from ONNX Runtime.
+/// Fills a string tensor of `count` elements with the strings of the parts, in order. The
+/// strings are counted again here: shared memory may have changed since the request was checked.
+fn write_strings(
+    value: &mut DynTensor,
+    name: &str,
+    count: usize,
+    parts: &[Tensor<'_>],
+) -> Result<(), BackendError> {
+    let mut index = 0usize;
+    for part in parts {
+        let data = part.data();
+        let items = bytes::decode(&data).map_err(|e| {
+            BackendError::invalid_argument(format!("input '{name}': {}", e.message))
+        })?;
+        for item in items {
+            if index >= count {
+                return Err(BackendError::invalid_argument(format!(
+                    "input '{name}' holds more strings than its shape {shape:?} allows",
+                    shape = part.shape
+                )));
+            }
+            let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
+            // SAFETY: `value` is a string tensor of `count` elements and `index < count`;
+            // ONNX Runtime sizes element `index` to `item.len()` bytes and returns its buffer.
+            let status = unsafe {
+                (ort::api().GetResizedStringTensorElementBuffer)(
+                    value.ptr_mut(),
+                    index,
+                    item.len(),
+                    &mut buffer,
+                )
+            };
+            check(status, "size a string element")?;
+            if !item.is_empty() {
+                if buffer.is_null() {
+                    return Err(ort_error("size a string element", "no buffer"));
+                }
+                // SAFETY: `buffer` holds `item.len()` writable bytes, distinct from `item`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(item.as_ptr(), buffer.cast::<u8>(), item.len())
+                };
+            }
+            index += 1;
+        }
+    }
+    if index != count {
+        return Err(BackendError::invalid_argument(format!(
+            "input '{name}' holds {index} strings but its shape needs {count}"
+        )));
+    }
+    Ok(())
+}
+
+/// An output read back from ONNX Runtime, in the server's encoding.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutputData {
+pub struct OutputData<'v> {
     /// The Triton data type.
     pub datatype: DataType,
     /// The full shape.
     pub shape: Vec<i64>,
-    /// The elements.
-    pub body: Body,
+    /// The elements: for fixed-size types borrowed from the ONNX Runtime value, for `BYTES`
+    /// each string after its 4-byte length.
+    pub data: Cow<'v, [u8]>,
+    /// For `BYTES`: where each string's length starts in `data`, then the end; else empty.
+    starts: Vec<usize>,
 }
 
-/// Output elements: fixed-size little-endian values, or strings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Body {
-    /// Contiguous elements.
-    Fixed(Vec<u8>),
-    /// All strings back to back, and where each starts (one more entry: the end).
-    Strings {
-        /// The strings' bytes.
-        content: Vec<u8>,
-        /// Start of each string, then the total length.
-        offsets: Vec<usize>,
-    },
-}
-
-impl OutputData {
+impl<'v> OutputData<'v> {
     /// Reads an output value (a CPU tensor).
-    pub fn read(value: &DynValue) -> Result<OutputData, BackendError> {
+    pub fn read(value: &'v DynValue) -> Result<OutputData<'v>, BackendError> {
         let (element, shape) = tensor_signature(value.dtype()).ok_or_else(|| {
             BackendError::unsupported(format!(
                 "the model produced a {} where a tensor was expected",
@@ -186,94 +205,78 @@ impl OutputData {
         let count = checked_count(&shape).ok_or_else(|| {
             BackendError::internal(format!("the model produced an output of shape {shape:?}"))
         })?;
-        let body = if element == TensorElementType::String {
-            read_strings(value, count)?
+        if element == TensorElementType::String {
+            let (content, offsets) = read_strings(value, count)?;
+            return Ok(OutputData::strings(shape, &content, &offsets));
+        }
+        let len = element.byte_size(count).ok_or_else(|| {
+            BackendError::internal(format!("no byte size for {element:?} outputs"))
+        })?;
+        let data: &'v [u8] = if len == 0 {
+            &[]
         } else {
-            let len = element.byte_size(count).ok_or_else(|| {
-                BackendError::internal(format!("no byte size for {element:?} outputs"))
-            })?;
-            let mut data = Vec::with_capacity(len);
-            if len > 0 {
-                let ptr = data_pointer(value.ptr())?;
-                if ptr.is_null() {
-                    return Err(ort_error("read an output", "no data buffer"));
-                }
-                // SAFETY: a CPU tensor of `count` elements of this type holds `len` bytes at
-                // `ptr`, alive while `value` is.
-                data.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(ptr.cast::<u8>(), len)
-                });
+            let ptr = data_pointer(value.ptr())?;
+            if ptr.is_null() {
+                return Err(ort_error("read an output", "no data buffer"));
             }
-            Body::Fixed(data)
+            // SAFETY: a CPU tensor of `count` elements of this type holds `len` bytes at `ptr`,
+            // owned by `value` and left unchanged while it is borrowed.
+            unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
         };
         Ok(OutputData {
             datatype,
             shape,
-            body,
+            data: Cow::Borrowed(data),
+            starts: Vec::new(),
         })
     }
 
-    /// The whole output as the server's tensor.
-    pub fn into_tensor(self, name: &str) -> ferrum_backend_api::OutputTensor {
-        let data = match self.body {
-            Body::Fixed(data) => data,
-            Body::Strings { content, offsets } => encode_strings(&content, &offsets),
-        };
-        ferrum_backend_api::OutputTensor::new(name, self.datatype, self.shape, data)
+    /// A `BYTES` output from the strings between consecutive `offsets` of `content`.
+    fn strings(shape: Vec<i64>, content: &[u8], offsets: &[usize]) -> OutputData<'static> {
+        let data = bytes::encode(
+            offsets
+                .windows(2)
+                .map(|w| content.get(w[0]..w[1]).unwrap_or_default()),
+        );
+        // Each string before element `i` adds a 4-byte length to its content offset.
+        let starts = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &offset)| offset + 4 * i)
+            .collect();
+        OutputData {
+            datatype: DataType::BYTES,
+            shape,
+            data: Cow::Owned(data),
+            starts,
+        }
     }
 
-    /// Rows `start..start + rows` of the first dimension as the server's tensor; `None` when the
-    /// output has no first dimension to split.
-    pub fn rows(
-        &self,
-        name: &str,
-        start: usize,
-        rows: usize,
-    ) -> Option<ferrum_backend_api::OutputTensor> {
+    /// Where rows `rows` of the first dimension lie in `data`; `None` when the output has no
+    /// such rows.
+    pub fn row_range(&self, rows: Range<usize>) -> Option<Range<usize>> {
         let total = usize::try_from(*self.shape.first()?).ok()?;
-        if start.checked_add(rows)? > total {
+        if rows.start > rows.end || rows.end > total {
             return None;
         }
-        let mut shape = self.shape.clone();
-        shape[0] = i64::try_from(rows).ok()?;
-        let per_row = checked_count(&self.shape[1..])?;
-        let data = match &self.body {
-            Body::Fixed(data) => {
-                let row_bytes = data.len().checked_div(total).unwrap_or(0);
-                data.get(start * row_bytes..(start + rows) * row_bytes)?
-                    .to_vec()
-            }
-            Body::Strings { content, offsets } => {
-                let first = start * per_row;
-                let last = (start + rows) * per_row;
-                encode_strings(content, offsets.get(first..=last)?)
-            }
-        };
-        Some(ferrum_backend_api::OutputTensor::new(
-            name,
-            self.datatype,
-            shape,
-            data,
-        ))
+        if total == 0 {
+            return Some(0..0);
+        }
+        if self.datatype == DataType::BYTES {
+            let per_row = self.starts.len().checked_sub(1)? / total;
+            Some(*self.starts.get(rows.start * per_row)?..*self.starts.get(rows.end * per_row)?)
+        } else {
+            let per_row = self.data.len() / total;
+            Some(rows.start * per_row..rows.end * per_row)
+        }
     }
 }
 
-/// Triton's BYTES encoding of the strings between consecutive `offsets`.
-fn encode_strings(content: &[u8], offsets: &[usize]) -> Vec<u8> {
-    bytes::encode(
-        offsets
-            .windows(2)
-            .map(|w| content.get(w[0]..w[1]).unwrap_or_default()),
-    )
-}
-
-/// A string tensor's bytes and offsets, taken as they are (not required to be UTF-8).
-fn read_strings(value: &DynValue, count: usize) -> Result<Body, BackendError> {
+/// A string tensor's bytes and the offset where each string starts, then the end; taken as
+/// they are (not required to be UTF-8).
+fn read_strings(value: &DynValue, count: usize) -> Result<(Vec<u8>, Vec<usize>), BackendError> {
     if count == 0 {
-        return Ok(Body::Strings {
-            content: Vec::new(),
-            offsets: vec![0],
-        });
+        return Ok((Vec::new(), vec![0]));
     }
     let mut total = 0usize;
     // SAFETY: `value` is a live string tensor; ONNX Runtime writes the length.
@@ -296,7 +299,7 @@ fn read_strings(value: &DynValue, count: usize) -> Result<Body, BackendError> {
     if offsets.windows(2).any(|w| w[0] > w[1]) {
         return Err(ort_error("read a string output", "offsets out of order"));
     }
-    Ok(Body::Strings { content, offsets })
+    Ok((content, offsets))
 }
 
 #[cfg(test)]
@@ -338,34 +341,35 @@ mod tests {
     }
 
     #[test]
-    fn rows_split_fixed_and_string_outputs() {
+    fn row_ranges_of_fixed_and_string_outputs() {
+        let data: Vec<u8> = (0u8..12).collect();
         let fixed = OutputData {
             datatype: DataType::INT16,
             shape: vec![3, 2],
-            body: Body::Fixed((0u8..12).collect()),
+            data: Cow::Borrowed(&data),
+            starts: Vec::new(),
         };
-        let t = fixed.rows("y", 1, 2).unwrap();
-        assert_eq!(t.shape.as_slice(), &[2, 2]);
-        assert_eq!(t.data.as_slice(), &[4, 5, 6, 7, 8, 9, 10, 11]);
-        assert!(fixed.rows("y", 2, 2).is_none());
-        let strings = OutputData {
-            datatype: DataType::BYTES,
-            shape: vec![2, 2],
-            body: Body::Strings {
-                content: b"abcdefg".to_vec(),
-                offsets: vec![0, 1, 3, 6, 7],
-            },
-        };
-        let t = strings.rows("s", 1, 1).unwrap();
-        assert_eq!(t.shape.as_slice(), &[1, 2]);
+        assert_eq!(fixed.row_range(1..3), Some(4..12));
+        assert_eq!(fixed.row_range(0..0), Some(0..0));
+        assert_eq!(fixed.row_range(2..4), None);
+
+        // Two rows of two strings: "a", "bc" | "def", "g".
+        let strings = OutputData::strings(vec![2, 2], b"abcdefg", &[0, 1, 3, 6, 7]);
         assert_eq!(
-            bytes::decode(t.data.as_slice()).unwrap(),
-            vec![&b"def"[..], b"g"]
-        );
-        let all = strings.into_tensor("s");
-        assert_eq!(
-            bytes::decode(all.data.as_slice()).unwrap(),
+            bytes::decode(&strings.data).unwrap(),
             vec![&b"a"[..], b"bc", b"def", b"g"]
         );
+        let second = strings.row_range(1..2).unwrap();
+        assert_eq!(
+            bytes::decode(&strings.data[second]).unwrap(),
+            vec![&b"def"[..], b"g"]
+        );
+        assert_eq!(strings.row_range(0..2), Some(0..strings.data.len()));
+        assert_eq!(strings.row_range(1..3), None);
+
+        let empty = OutputData::strings(vec![0, 3], b"", &[0]);
+        assert_eq!(empty.row_range(0..0), Some(0..0));
+        let scalar = OutputData::strings(Vec::new(), b"x", &[0, 1]);
+        assert_eq!(scalar.row_range(0..1), None);
     }
 }

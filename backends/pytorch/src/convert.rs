@@ -54,13 +54,31 @@ pub fn datatype_of(kind: Kind) -> Option<DataType> {
     })
 }
 
-/// Copies a request input into a new libtorch tensor of the declared type.
-pub fn to_torch(input: &Tensor<'_>, declared: DataType) -> Result<tch::Tensor, BackendError> {
-    let name = input.name();
-    if input.datatype != declared {
+/// An input's bytes as one request (or a batch of requests, joined) holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct InputData<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// Element type the client sent.
+    pub datatype: DataType,
+    /// Shape the client sent.
+    pub shape: &'a [i64],
+    /// Contiguous little-endian elements.
+    pub data: &'a [u8],
+}
+
+/// Checks an input's type, shape and byte count against the declared type; returns the
+/// libtorch element type.
+pub fn check_input(
+    name: &str,
+    datatype: DataType,
+    shape: &[i64],
+    byte_size: usize,
+    declared: DataType,
+) -> Result<Kind, BackendError> {
+    if datatype != declared {
         return Err(BackendError::invalid_argument(format!(
-            "input '{name}' has type {}, but the model expects {declared}",
-            input.datatype
+            "input '{name}' has type {datatype}, but the model expects {declared}"
         )));
     }
     let kind = kind_of(declared).ok_or_else(|| {
@@ -68,7 +86,6 @@ pub fn to_torch(input: &Tensor<'_>, declared: DataType) -> Result<tch::Tensor, B
             "input '{name}' has type {declared}, which the pytorch backend does not support"
         ))
     })?;
-    let shape = input.shape();
     if let Some(dim) = shape.iter().find(|&&d| d < 0) {
         return Err(BackendError::invalid_argument(format!(
             "input '{name}' has a negative dimension {dim} in shape {shape:?}"
@@ -82,13 +99,23 @@ pub fn to_torch(input: &Tensor<'_>, declared: DataType) -> Result<tch::Tensor, B
         .ok_or_else(|| {
             BackendError::invalid_argument(format!("input '{name}' shape {shape:?} is too large"))
         })?;
-    let data = input.data();
-    if data.len() != expected {
+    if byte_size != expected {
         return Err(BackendError::invalid_argument(format!(
-            "input '{name}' holds {} bytes, but shape {shape:?} of {declared} needs {expected}",
-            data.len()
+            "input '{name}' holds {byte_size} bytes, but shape {shape:?} of {declared} needs {expected}"
         )));
     }
+    Ok(kind)
+}
+
+/// Copies input bytes into a new libtorch tensor of the declared type.
+pub fn to_torch(input: &InputData<'_>, declared: DataType) -> Result<tch::Tensor, BackendError> {
+    let InputData {
+        name,
+        datatype,
+        shape,
+        data,
+    } = *input;
+    let kind = check_input(name, datatype, shape, data.len(), declared)?;
     // A libtorch bool is one byte that must be 0 or 1; the wire allows any nonzero byte.
     let data: Cow<'_, [u8]> = if kind == Kind::Bool && data.iter().any(|&b| b > 1) {
         Cow::Owned(data.iter().map(|&b| u8::from(b != 0)).collect())
@@ -103,12 +130,37 @@ pub fn to_torch(input: &Tensor<'_>, declared: DataType) -> Result<tch::Tensor, B
     })
 }
 
-/// Copies a libtorch tensor the model returned into an output of the declared type.
-pub fn from_torch(
+/// Copies a request's input (a view of the server's buffers) into a new libtorch tensor.
+pub fn tensor_to_torch(
+    input: &Tensor<'_>,
+    declared: DataType,
+) -> Result<tch::Tensor, BackendError> {
+    check_input(
+        input.name,
+        input.datatype,
+        input.shape,
+        input.byte_size(),
+        declared,
+    )?;
+    let data = input.data();
+    to_torch(
+        &InputData {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            data: &data,
+        },
+        declared,
+    )
+}
+
+/// Checks a tensor the model returned against the declared type and makes it a contiguous
+/// CPU tensor, ready to be copied out.
+pub fn output_tensor(
     name: &str,
     tensor: &tch::Tensor,
     declared: DataType,
-) -> Result<OutputTensor, BackendError> {
+) -> Result<tch::Tensor, BackendError> {
     if !tensor.defined() {
         return Err(BackendError::internal(format!(
             "the model returned an undefined tensor for output '{name}'"
@@ -127,7 +179,7 @@ pub fn from_torch(
             "output '{name}' is {actual}, but the model config declares {declared}"
         )));
     }
-    let tensor = tensor
+    tensor
         .f_to(tch::Device::Cpu)
         .and_then(|t| t.f_contiguous())
         .map_err(|e| {
@@ -135,15 +187,50 @@ pub fn from_torch(
                 "output '{name}' cannot be read: {}",
                 crate::torch_message(&e)
             ))
-        })?;
-    let shape = tensor.size();
+        })
+}
+
+/// Copies the bytes of a tensor from [`output_tensor`] into `out`, which must be exactly
+/// their size.
+pub fn copy_output(name: &str, tensor: &tch::Tensor, out: &mut [u8]) -> Result<(), BackendError> {
     let numel = tensor.numel();
-    let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-    tensor.f_copy_data_u8(&mut data, numel).map_err(|e| {
+    let size = tensor
+        .f_kind()
+        .map(|k| numel.saturating_mul(k.elt_size_in_bytes()))
+        .map_err(|e| {
+            BackendError::internal(format!(
+                "output '{name}' cannot be read: {}",
+                crate::torch_message(&e)
+            ))
+        })?;
+    if out.len() != size {
+        return Err(BackendError::internal(format!(
+            "output '{name}' holds {size} bytes, but its buffer has room for {}",
+            out.len()
+        )));
+    }
+    if size == 0 {
+        return Ok(());
+    }
+    tensor.f_copy_data_u8(out, numel).map_err(|e| {
         BackendError::internal(format!(
             "output '{name}' cannot be copied: {}",
             crate::torch_message(&e)
         ))
-    })?;
-    Ok(OutputTensor::new(name, declared, shape, data))
+    })
+}
+
+/// Copies a tensor the model returned into an owned output of the declared type.
+pub fn from_torch(
+    name: &str,
+    tensor: &tch::Tensor,
+    declared: DataType,
+) -> Result<OutputTensor, BackendError> {
+    let tensor = output_tensor(name, tensor, declared)?;
+    let size = tensor
+        .numel()
+        .saturating_mul(declared.element_size().unwrap_or(1));
+    let mut data = vec![0u8; size];
+    copy_output(name, &tensor, &mut data)?;
+    Ok(OutputTensor::new(name, declared, tensor.size(), data))
 }

@@ -3,7 +3,10 @@
 //! A model selects it with `backend: "pytorch"` or `platform: "pytorch_libtorch"`. Inputs reach
 //! `forward()` by Triton's conventions (`INPUT__0`, `INPUT__1`, ... by index, other names by
 //! their place in the config); outputs are taken from the returned tensor, tuple or list the same
-//! way. The library links libtorch's CPU libraries and finds them beside itself.
+//! way. For a model with `max_batch_size` > 0, the requests of a batch that send the same
+//! inputs with the same non-batch dims run as one `forward()` call on their joined inputs, and
+//! each gets its own rows of the outputs back. The library links libtorch's CPU libraries and
+//! finds them beside itself.
 
 #![warn(missing_docs)]
 
@@ -15,8 +18,9 @@ pub mod signature;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ferrum_backend_api::batch::{self, Batch};
 use ferrum_backend_api::prelude::*;
-use ferrum_backend_api::{InstanceKind, log};
+use ferrum_backend_api::{InstanceKind, guard, log};
 use tch::jit::IValue;
 
 use crate::options::{GPU_ONLY_PARAMETERS, Options};
@@ -38,6 +42,8 @@ pub struct TorchModel {
     signature: Arc<Signature>,
     /// Execution options from the config.
     options: Arc<Options>,
+    /// The config's `max_batch_size` (0: the model does not batch).
+    max_batch_size: i64,
     /// The module loaded with the model: shared by every instance under weight sharing,
     /// otherwise handed to the first instance (later ones load their own copy).
     first: Mutex<Option<Arc<tch::CModule>>>,
@@ -53,6 +59,8 @@ pub struct TorchInstance {
     signature: Arc<Signature>,
     /// Execution options from the config.
     options: Arc<Options>,
+    /// The config's `max_batch_size` (0: the model does not batch).
+    max_batch_size: i64,
 }
 
 /// The readable part of a libtorch error: the message without the C++ stack trace, and for a
@@ -195,6 +203,7 @@ impl Backend for PyTorchBackend {
             path,
             signature: Arc::new(signature),
             options: Arc::new(options),
+            max_batch_size: ctx.max_batch_size().max(0),
             first: Mutex::new(Some(Arc::new(module))),
         })
     }
@@ -231,6 +240,7 @@ impl Model for TorchModel {
             module,
             signature: Arc::clone(&self.signature),
             options: Arc::clone(&self.options),
+            max_batch_size: self.max_batch_size,
         })
     }
 }
@@ -258,20 +268,189 @@ impl TorchInstance {
         Ok(())
     }
 
+    /// Checks a request's inputs against the signature; returns whether it can join a batch
+    /// (every input it sends has a batch dimension, the same for all).
+    fn check(&self, request: &Request) -> Result<bool, BackendError> {
+        let mut rows: Option<i64> = None;
+        let mut joinable = true;
+        for declared in &self.signature.inputs {
+            let Some(input) = request.input(&declared.name) else {
+                if declared.optional {
+                    continue;
+                }
+                return Err(self.missing(&declared.name));
+            };
+            convert::check_input(
+                input.name,
+                input.datatype,
+                input.shape,
+                input.byte_size(),
+                declared.datatype,
+            )?;
+            match (input.shape.first().copied(), rows) {
+                (None, _) => joinable = false,
+                (Some(b), Some(r)) if b != r => joinable = false,
+                (Some(b), _) => rows = Some(b),
+            }
+        }
+        Ok(joinable && rows.is_some())
+    }
+
+    /// The error for a required input the request lacks.
+    fn missing(&self, input: &str) -> BackendError {
+        BackendError::invalid_argument(format!("missing input '{input}' for model '{}'", self.name))
+    }
+
     /// The request's inputs as `forward()` arguments, in order.
-    fn arguments(&self, request: &Request<'_>) -> Result<Vec<IValue>, BackendError> {
+    fn arguments(&self, request: &Request) -> Result<Vec<IValue>, BackendError> {
         self.signature
             .inputs
             .iter()
             .map(|declared| match request.input(&declared.name) {
-                Some(input) => convert::to_torch(input, declared.datatype).map(IValue::Tensor),
+                Some(input) => {
+                    convert::tensor_to_torch(&input, declared.datatype).map(IValue::Tensor)
+                }
                 None if declared.optional => Ok(IValue::None),
-                None => Err(BackendError::invalid_argument(format!(
-                    "missing input '{}' for model '{}'",
-                    declared.name, self.name
-                ))),
+                None => Err(self.missing(&declared.name)),
             })
             .collect()
+    }
+
+    /// The inputs of joinable requests, joined along the batch dimension, as `forward()`
+    /// arguments.
+    fn joined_arguments(&self, requests: &[Request]) -> Result<Vec<IValue>, BackendError> {
+        let first = requests
+            .first()
+            .ok_or_else(|| BackendError::internal("an empty batch"))?;
+        self.signature
+            .inputs
+            .iter()
+            .map(|declared| {
+                if first.input(&declared.name).is_none() {
+                    return if declared.optional {
+                        Ok(IValue::None)
+                    } else {
+                        Err(self.missing(&declared.name))
+                    };
+                }
+                let joined = batch::join_input(requests, &declared.name)?;
+                let input = convert::InputData {
+                    name: &declared.name,
+                    datatype: joined.datatype,
+                    shape: &joined.shape,
+                    data: &joined.data,
+                };
+                convert::to_torch(&input, declared.datatype).map(IValue::Tensor)
+            })
+            .collect()
+    }
+
+    /// Runs `forward()` on these arguments under the model's execution settings; returns the
+    /// tensors it returned, in order.
+    fn forward(&self, arguments: &[IValue]) -> Result<Vec<tch::Tensor>, BackendError> {
+        let _guard = shim::ExecutionGuard::enter(
+            self.options.inference_mode,
+            self.options.optimized_execution,
+        )
+        .map_err(|e| {
+            BackendError::internal(format!(
+                "model '{}': cannot enter inference mode: {e}",
+                self.name
+            ))
+        })?;
+        self.apply_jit_settings()?;
+        let returned = self.module.forward_is(arguments).map_err(|e| {
+            BackendError::internal(format!(
+                "PyTorch execute failure in model '{}': {}",
+                self.name,
+                torch_message(&e)
+            ))
+        })?;
+        self.returned_tensors(returned)
+    }
+
+    /// The returned tensor that holds `output`, checked and made contiguous on the CPU.
+    fn output(
+        &self,
+        tensors: &[tch::Tensor],
+        output: &signature::Output,
+    ) -> Result<tch::Tensor, BackendError> {
+        let name = output.declared.name.as_str();
+        let tensor = tensors.get(output.index).ok_or_else(|| {
+            BackendError::internal(format!(
+                "output '{name}' is element {} of what model '{}' returns, but it returned {} \
+                 tensor(s)",
+                output.index,
+                self.name,
+                tensors.len()
+            ))
+        })?;
+        convert::output_tensor(name, tensor, output.declared.datatype)
+    }
+
+    /// Runs one request alone, writing its outputs straight into `response`.
+    fn infer_into(&self, request: &Request, response: &mut Response) -> Result<(), BackendError> {
+        let arguments = self.arguments(request)?;
+        let tensors = self.forward(&arguments)?;
+        for output in &self.signature.outputs {
+            let name = output.declared.name.as_str();
+            if !request.wants_output(name) {
+                continue;
+            }
+            let tensor = self.output(&tensors, output)?;
+            let buffer = response.output(name, output.declared.datatype, &tensor.size())?;
+            convert::copy_output(name, &tensor, buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one request alone and sends its response.
+    fn run_alone(&self, request: &Request) {
+        let mut response = request.response();
+        match guard(|| self.infer_into(request, &mut response)) {
+            Ok(()) => response.send(true),
+            Err(e) => request.responder().send_error(e, true),
+        }
+    }
+
+    /// Runs checked, joinable requests as one `forward()` call, one response each.
+    fn run_joined(
+        &self,
+        requests: &[Request],
+        batch: &Batch,
+    ) -> Result<Vec<Response>, BackendError> {
+        let arguments = self.joined_arguments(requests)?;
+        let tensors = self.forward(&arguments)?;
+        let mut responses: Vec<Response> = requests.iter().map(Request::response).collect();
+        for output in &self.signature.outputs {
+            let name = output.declared.name.as_str();
+            let wanted: Vec<bool> = requests.iter().map(|r| r.wants_output(name)).collect();
+            if !wanted.contains(&true) {
+                continue;
+            }
+            let tensor = self.output(&tensors, output)?;
+            let datatype = output.declared.datatype;
+            let size = tensor
+                .numel()
+                .saturating_mul(datatype.element_size().unwrap_or(1));
+            let mut data = vec![0u8; size];
+            convert::copy_output(name, &tensor, &mut data)?;
+            let shape = tensor.size();
+            if wanted.iter().all(|&w| w) {
+                batch::split_output(&mut responses, batch, name, datatype, &shape, &data)?;
+            } else {
+                split_some(
+                    &mut responses,
+                    &wanted,
+                    batch,
+                    name,
+                    datatype,
+                    &shape,
+                    &data,
+                )?;
+            }
+        }
+        Ok(responses)
     }
 
     /// The tensors `forward()` returned, in order.
@@ -300,46 +479,134 @@ impl TorchInstance {
     }
 }
 
-impl Instance for TorchInstance {
-    fn infer(&mut self, request: &Request<'_>) -> Result<Vec<OutputTensor>, BackendError> {
-        let _guard = shim::ExecutionGuard::enter(
-            self.options.inference_mode,
-            self.options.optimized_execution,
-        )
-        .map_err(|e| {
+/// The byte range of each request's rows in a batch output of `len` bytes (fixed-size
+/// elements), given each request's number of rows; `None` when the bytes are not a whole
+/// number of rows.
+pub fn row_spans(len: usize, rows: &[usize]) -> Option<Vec<std::ops::Range<usize>>> {
+    let total: usize = rows.iter().sum();
+    let row_bytes = len.checked_div(total).unwrap_or(0);
+    if row_bytes.checked_mul(total) != Some(len) {
+        return None;
+    }
+    let mut at = 0;
+    Some(
+        rows.iter()
+            .map(|&r| {
+                let start = at;
+                at += r * row_bytes;
+                start..at
+            })
+            .collect(),
+    )
+}
+
+/// Splits a batch output of fixed-size elements among the responses whose request wants it.
+fn split_some(
+    responses: &mut [Response],
+    wanted: &[bool],
+    batch: &Batch,
+    name: &str,
+    datatype: DataType,
+    shape: &[i64],
+    data: &[u8],
+) -> Result<(), BackendError> {
+    let total = batch.total();
+    let spans = row_spans(data.len(), batch.rows())
+        .filter(|_| shape.first().copied() == i64::try_from(total).ok())
+        .ok_or_else(|| {
             BackendError::internal(format!(
-                "model '{}': cannot enter inference mode: {e}",
-                self.name
+                "output '{name}' has shape {shape:?} and {} bytes, but the batch holds {total} rows",
+                data.len()
             ))
         })?;
-        self.apply_jit_settings()?;
-        let arguments = self.arguments(request)?;
-        let returned = self.module.forward_is(&arguments).map_err(|e| {
-            BackendError::internal(format!(
-                "PyTorch execute failure in model '{}': {}",
-                self.name,
-                torch_message(&e)
-            ))
-        })?;
-        let tensors = self.returned_tensors(returned)?;
-        let mut outputs = Vec::with_capacity(self.signature.outputs.len());
-        for output in &self.signature.outputs {
-            let name = output.declared.name.as_str();
-            if !request.wants_output(name) {
-                continue;
+    for (((response, &rows), &wants), span) in responses
+        .iter_mut()
+        .zip(batch.rows())
+        .zip(wanted)
+        .zip(spans)
+    {
+        if wants {
+            let mut part = shape.to_vec();
+            if let Some(d) = part.first_mut() {
+                *d = i64::try_from(rows).unwrap_or(i64::MAX);
             }
-            let tensor = tensors.get(output.index).ok_or_else(|| {
-                BackendError::internal(format!(
-                    "output '{name}' is element {} of what model '{}' returns, but it returned {} \
-                     tensor(s)",
-                    output.index,
-                    self.name,
-                    tensors.len()
-                ))
-            })?;
-            outputs.push(convert::from_torch(name, tensor, output.declared.datatype)?);
+            response.output_from(name, datatype, &part, &data[span])?;
         }
-        Ok(outputs)
+    }
+    Ok(())
+}
+
+/// Splits requests of `rows` rows each into consecutive runs of at most `max` rows (a request
+/// over the limit alone); returns how many requests each run takes.
+pub fn runs_within(rows: &[usize], max: usize) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let (mut count, mut total) = (0usize, 0usize);
+    for &r in rows {
+        if count > 0 && total.saturating_add(r) > max {
+            runs.push(count);
+            (count, total) = (0, 0);
+        }
+        count += 1;
+        total = total.saturating_add(r);
+    }
+    if count > 0 {
+        runs.push(count);
+    }
+    runs
+}
+
+impl Instance for TorchInstance {
+    fn execute(&mut self, requests: Vec<Request>) -> Result<(), BackendError> {
+        let max = usize::try_from(self.max_batch_size).unwrap_or(0);
+        if max == 0 || requests.len() == 1 {
+            for request in &requests {
+                self.run_alone(request);
+            }
+            return Ok(());
+        }
+        // Each request is checked on its own first, so that one bad request fails alone.
+        let mut checked = Vec::with_capacity(requests.len());
+        for request in requests {
+            match self.check(&request) {
+                Ok(true) => checked.push(request),
+                Ok(false) => self.run_alone(&request),
+                Err(e) => request.responder().send_error(e, true),
+            }
+        }
+        for group in batch::group(checked) {
+            // The first input the group's requests send (they all send the same ones).
+            let first = group.first().and_then(|r| {
+                self.signature
+                    .inputs
+                    .iter()
+                    .find(|d| r.input(&d.name).is_some())
+                    .map(|d| d.name.as_str())
+            });
+            let batch = first.map(|name| Batch::of(&group, name).map(|b| (name, b)));
+            let Some(Ok((name, batch))) = batch else {
+                group.iter().for_each(|r| self.run_alone(r));
+                continue;
+            };
+            let mut rest = group.into_iter();
+            for count in runs_within(batch.rows(), max) {
+                let run: Vec<Request> = rest.by_ref().take(count).collect();
+                if run.len() == 1 {
+                    run.iter().for_each(|r| self.run_alone(r));
+                    continue;
+                }
+                let result =
+                    Batch::of(&run, name).and_then(|b| guard(|| self.run_joined(&run, &b)));
+                match result {
+                    Ok(responses) => responses.into_iter().for_each(|r| r.send(true)),
+                    Err(e) => {
+                        for request in &run {
+                            request.responder().send_error(e.clone(), true);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,21 +1,26 @@
 //! Tensor conversion, config reading and option parsing of the pytorch backend, against the
 //! real libtorch.
 
-use ferrum_backend_api::abi_stable::std_types::{RSlice, RStr};
-use ferrum_backend_api::{DataType, ErrorCode, Memory, Tensor};
-use ferrum_pytorch::convert::{datatype_of, from_torch, kind_of, to_torch};
+use ferrum_backend_api::{DataType, ErrorCode};
+use ferrum_pytorch::convert::{
+    InputData, check_input, copy_output, datatype_of, from_torch, kind_of, output_tensor, to_torch,
+};
 use ferrum_pytorch::options::{Options, parse_bool, parse_threads};
 use ferrum_pytorch::signature::{Signature, convention_index};
 use ferrum_pytorch::torch_message;
 use serde_json::json;
 
-fn tensor<'a>(name: &'a str, datatype: DataType, shape: &'a [i64], data: &'a [u8]) -> Tensor<'a> {
-    Tensor {
-        name: RStr::from_str(name),
+fn tensor<'a>(
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [i64],
+    data: &'a [u8],
+) -> InputData<'a> {
+    InputData {
+        name,
         datatype,
-        shape: RSlice::from_slice(shape),
-        data: RSlice::from_slice(data),
-        memory: Memory::CPU,
+        shape,
+        data,
     }
 }
 
@@ -51,10 +56,10 @@ fn every_supported_type_round_trips_bytes() {
         assert_eq!(t.size(), vec![2, 3]);
         assert_eq!(datatype_of(t.kind()), Some(dt));
         let out = from_torch("Y", &t, dt).expect("from torch");
-        assert_eq!(out.name.as_str(), "Y");
+        assert_eq!(out.name, "Y");
         assert_eq!(out.datatype, dt);
-        assert_eq!(out.shape.as_slice(), &shape);
-        assert_eq!(out.data.as_slice(), data.as_slice(), "{dt}");
+        assert_eq!(out.shape, shape);
+        assert_eq!(out.data, data, "{dt}");
     }
 }
 
@@ -313,4 +318,59 @@ fn a_real_load_error_is_readable() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(!message.contains("frame #"), "{message}");
     assert!(!message.is_empty());
+}
+
+#[test]
+fn checks_need_only_the_byte_count() {
+    // What a request is checked against before any of its bytes are read.
+    assert_eq!(
+        check_input("X", DataType::FP32, &[2, 3], 24, DataType::FP32).expect("fits"),
+        tch::Kind::Float
+    );
+    let err = check_input("X", DataType::FP32, &[2, 3], 20, DataType::FP32).expect_err("short");
+    assert!(
+        err.message.contains("holds 20 bytes") && err.message.contains("needs 24"),
+        "{err}"
+    );
+    let err = check_input("X", DataType::UINT16, &[1], 2, DataType::UINT16).expect_err("type");
+    assert!(err.message.contains("does not support"), "{err}");
+}
+
+#[test]
+fn outputs_copy_into_a_buffer_of_exactly_their_size() {
+    let t = tch::Tensor::from_slice(&[1i64, 2, 3]);
+    let t = output_tensor("O", &t, DataType::INT64).expect("int64");
+    let mut buffer = vec![0u8; 24];
+    copy_output("O", &t, &mut buffer).expect("copy");
+    assert_eq!(&buffer[8..16], &2i64.to_le_bytes());
+    let mut short = vec![0u8; 16];
+    let err = copy_output("O", &t, &mut short).expect_err("short buffer");
+    assert!(
+        err.message.contains("'O'") && err.message.contains("24 bytes"),
+        "{err}"
+    );
+    let undefined = output_tensor("U", &tch::Tensor::new(), DataType::FP32).expect_err("undefined");
+    assert!(undefined.message.contains("undefined"), "{undefined}");
+}
+
+#[test]
+fn joined_inputs_run_as_one_batch() {
+    // Two requests of 1 and 2 rows joined along the batch dimension, as the backend does.
+    let a = [1.0f32, 2.0];
+    let b = [3.0f32, 4.0, 5.0, 6.0];
+    let joined: Vec<u8> = a.iter().chain(&b).flat_map(|v| v.to_le_bytes()).collect();
+    let t = to_torch(
+        &tensor("X", DataType::FP32, &[3, 2], &joined),
+        DataType::FP32,
+    )
+    .expect("x");
+    let doubled = output_tensor("Y", &(&t * 2.0), DataType::FP32).expect("y");
+    assert_eq!(doubled.size(), vec![3, 2]);
+    let out = from_torch("Y", &doubled, DataType::FP32).expect("back");
+    let values: Vec<f32> = out
+        .data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(values, vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
 }

@@ -8,11 +8,14 @@ use bytes::Bytes;
 use ferrum_backend_api::{DataType, ParamValue, Parameter};
 use tonic::{Request, Response, Status};
 
-use crate::core::{
+use ferrum_core::error::{Error, ErrorKind};
+use ferrum_core::models::RepositoryParameter;
+use ferrum_core::server::{
     Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
 };
-use crate::error::{Error, ErrorKind};
-use crate::models::{LoadOverride, LoadValue};
+use ferrum_core::shm::SharedMemory;
+use ferrum_core::stats::DurationStat;
+
 use crate::proto::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
@@ -21,7 +24,6 @@ use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
 use crate::proto::inference::repository_index_response::ModelIndex;
 use crate::proto::inference::*;
-use crate::shm::SharedMemory;
 
 /// The gRPC status for a server error.
 pub fn status_of(error: Error) -> Status {
@@ -69,7 +71,7 @@ pub fn service(core: Arc<Core>, max_message: usize) -> GrpcInferenceServiceServe
 }
 
 fn parse_version(version: &str) -> Result<Option<i64>, Status> {
-    crate::core::parse_version(version).map_err(status_of)
+    ferrum_core::server::parse_version(version).map_err(status_of)
 }
 
 fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Parameter> {
@@ -81,12 +83,9 @@ fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Para
                 ParameterChoice::Int64Param(i) => ParamValue::Int(i),
                 ParameterChoice::Uint64Param(u) => ParamValue::Int(u as i64),
                 ParameterChoice::DoubleParam(d) => ParamValue::Double(d),
-                ParameterChoice::StringParam(s) => ParamValue::Str(s.into()),
+                ParameterChoice::StringParam(s) => ParamValue::Str(s),
             };
-            Some(Parameter {
-                key: key.into(),
-                value,
-            })
+            Some(Parameter { key, value })
         })
         .collect()
 }
@@ -94,19 +93,40 @@ fn from_wire_parameters(parameters: HashMap<String, InferParameter>) -> Vec<Para
 fn to_wire_parameters(parameters: &[Parameter]) -> HashMap<String, InferParameter> {
     parameters
         .iter()
-        .map(|p| {
+        .filter_map(|p| {
             let choice = match &p.value {
                 ParamValue::Bool(b) => ParameterChoice::BoolParam(*b),
                 ParamValue::Int(i) => ParameterChoice::Int64Param(*i),
                 ParamValue::Double(d) => ParameterChoice::DoubleParam(*d),
                 ParamValue::Str(s) => ParameterChoice::StringParam(s.to_string()),
+                _ => return None,
             };
-            (
+            Some((
                 p.key.to_string(),
                 InferParameter {
                     parameter_choice: Some(choice),
                 },
-            )
+            ))
+        })
+        .collect()
+}
+
+/// A repository load/unload request's parameters in the core's terms.
+fn repository_parameters(
+    parameters: HashMap<String, ModelRepositoryParameter>,
+) -> Vec<(String, RepositoryParameter)> {
+    use crate::proto::inference::model_repository_parameter::ParameterChoice as P;
+    parameters
+        .into_iter()
+        .map(|(key, p)| {
+            let value = match p.parameter_choice {
+                Some(P::BoolParam(b)) => RepositoryParameter::Bool(b),
+                Some(P::Int64Param(i)) => RepositoryParameter::Int(i),
+                Some(P::StringParam(s)) => RepositoryParameter::Text(s),
+                Some(P::BytesParam(b)) => RepositoryParameter::Bytes(b.to_vec()),
+                None => RepositoryParameter::Other,
+            };
+            (key, value)
         })
         .collect()
 }
@@ -212,7 +232,7 @@ pub fn decode_request(
     shm: &SharedMemory,
     request: ModelInferRequest,
 ) -> Result<InferRequest, Error> {
-    let version = crate::core::parse_version(&request.model_version)?;
+    let version = ferrum_core::server::parse_version(&request.model_version)?;
     // Inputs in shared memory or in typed contents take no raw_input_contents entry; every
     // other input takes the next one, in order.
     let mut raw = request.raw_input_contents.into_iter();
@@ -233,9 +253,9 @@ pub fn decode_request(
                     input.name
                 )));
             }
-            (Some(bytes), None) => bytes,
+            (Some(shared), None) => shared,
             (None, Some(contents)) if !uses_raw => {
-                contents_to_bytes(&input.name, datatype, contents)?
+                contents_to_bytes(&input.name, datatype, contents)?.into()
             }
             (None, Some(_)) => {
                 return Err(Error::invalid(format!(
@@ -243,12 +263,15 @@ pub fn decode_request(
                     input.name
                 )));
             }
-            (None, None) => raw.next().ok_or_else(|| {
-                Error::invalid(format!(
-                    "input '{}' has no data: raw_input_contents has too few entries",
-                    input.name
-                ))
-            })?,
+            (None, None) => raw
+                .next()
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{}' has no data: raw_input_contents has too few entries",
+                        input.name
+                    ))
+                })?
+                .into(),
         };
         inputs.push(InputTensor {
             name: input.name,
@@ -319,9 +342,111 @@ fn encode_response(response: InferResponse) -> ModelInferResponse {
 }
 
 impl GrpcFrontend {
+    /// Runs a unary ModelInfer.
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Error> {
         let request = decode_request(&self.core.shm, request)?;
         Ok(encode_response(self.core.infer(request).await?))
+    }
+}
+
+/// Where a stream's replies go.
+type StreamSender = tokio::sync::mpsc::Sender<Result<ModelStreamInferResponse, Status>>;
+
+/// Serves one ModelStreamInfer call: every request on the stream runs concurrently, each
+/// request's responses go out in order, and when the client cancels the call or goes away,
+/// every request still running is cancelled. A client that only closes its sending side
+/// still gets the responses of the requests already sent.
+async fn serve_stream(
+    core: Arc<Core>,
+    mut incoming: tonic::Streaming<ModelInferRequest>,
+    tx: StreamSender,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            message = incoming.message() => match message {
+                Ok(Some(message)) => {
+                    running.spawn(stream_one(Arc::clone(&core), message, tx.clone()));
+                }
+                Ok(None) => break,
+                // The client cancelled the call (or the connection broke).
+                Err(_) => return running.abort_all(),
+            },
+            () = tx.closed() => return running.abort_all(),
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    loop {
+        tokio::select! {
+            done = running.join_next() => if done.is_none() { return },
+            () = tx.closed() => return running.abort_all(),
+        }
+    }
+}
+
+/// A stream reply carrying an error.
+fn stream_error(error: &Error) -> ModelStreamInferResponse {
+    ModelStreamInferResponse {
+        error_message: error.message.clone(),
+        infer_response: None,
+    }
+}
+
+/// Runs one request of a stream and sends its responses, each marked with
+/// `triton_final_response`. The final flag alone is sent as an empty response only when the
+/// request asked for it with `triton_enable_empty_final_response`.
+async fn stream_one(core: Arc<Core>, message: ModelInferRequest, tx: StreamSender) {
+    let empty_final = matches!(
+        message
+            .parameters
+            .get("triton_enable_empty_final_response")
+            .and_then(|p| p.parameter_choice.as_ref()),
+        Some(ParameterChoice::BoolParam(true))
+    );
+    let (model_name, model_version, id) = (
+        message.model_name.clone(),
+        message.model_version.clone(),
+        message.id.clone(),
+    );
+    let started = decode_request(&core.shm, message).and_then(|r| core.infer_stream(r));
+    let mut stream = match started {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = tx.send(Ok(stream_error(&e))).await;
+            return;
+        }
+    };
+    let final_flag = |is_final: bool| InferParameter {
+        parameter_choice: Some(ParameterChoice::BoolParam(is_final)),
+    };
+    while let Some(item) = stream.next().await {
+        let reply = match item {
+            Ok(item) => {
+                let mut response = match item.response {
+                    Some(response) => encode_response(response),
+                    None if item.is_final && empty_final => ModelInferResponse {
+                        model_name: model_name.clone(),
+                        model_version: model_version.clone(),
+                        id: id.clone(),
+                        ..Default::default()
+                    },
+                    None => continue,
+                };
+                response.parameters.insert(
+                    "triton_final_response".to_string(),
+                    final_flag(item.is_final),
+                );
+                ModelStreamInferResponse {
+                    error_message: String::new(),
+                    infer_response: Some(response),
+                }
+            }
+            Err(e) => stream_error(&e),
+        };
+        // A closed stream drops `stream`, which cancels the request.
+        if tx.send(Ok(reply)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -407,27 +532,9 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> GrpcResult<tonic::codegen::BoxStream<ModelStreamInferResponse>> {
-        let mut incoming = request.into_inner();
-        let core = Arc::clone(&self.core);
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let frontend = GrpcFrontend { core };
-            while let Ok(Some(message)) = incoming.message().await {
-                let reply = match frontend.infer(message).await {
-                    Ok(response) => ModelStreamInferResponse {
-                        error_message: String::new(),
-                        infer_response: Some(response),
-                    },
-                    Err(e) => ModelStreamInferResponse {
-                        error_message: e.message,
-                        infer_response: None,
-                    },
-                };
-                if tx.send(Ok(reply)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(serve_stream(Arc::clone(&self.core), incoming, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -457,47 +564,38 @@ impl GrpcInferenceService for GrpcFrontend {
             .core
             .statistics(name, parse_version(&r.version)?)
             .map_err(status_of)?;
-        let duration = |t: &crate::stats::Tally| {
-            let (count, ns) = t.get();
-            Some(StatisticDuration { count, ns })
+        let duration = |d: DurationStat| {
+            Some(StatisticDuration {
+                count: d.count,
+                ns: d.ns,
+            })
         };
         let model_stats = stats
-            .iter()
+            .into_iter()
             .map(|s| ModelStatistics {
-                name: s.name.clone(),
+                name: s.name,
                 version: s.version.to_string(),
-                last_inference: s
-                    .last_inference_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                inference_count: s.inference_count.load(std::sync::atomic::Ordering::Relaxed),
-                execution_count: s.execution_count.load(std::sync::atomic::Ordering::Relaxed),
+                last_inference: s.last_inference,
+                inference_count: s.inference_count,
+                execution_count: s.execution_count,
                 inference_stats: Some(InferStatistics {
-                    success: duration(&s.success),
-                    fail: duration(&s.fail),
-                    queue: duration(&s.queue),
-                    compute_input: duration(&s.compute_input),
-                    compute_infer: duration(&s.compute_infer),
-                    compute_output: duration(&s.compute_output),
-                    cache_hit: Some(StatisticDuration::default()),
-                    cache_miss: Some(StatisticDuration::default()),
+                    success: duration(s.inference.success),
+                    fail: duration(s.inference.fail),
+                    queue: duration(s.inference.queue),
+                    compute_input: duration(s.inference.compute_input),
+                    compute_infer: duration(s.inference.compute_infer),
+                    compute_output: duration(s.inference.compute_output),
+                    cache_hit: duration(s.inference.cache_hit),
+                    cache_miss: duration(s.inference.cache_miss),
                 }),
                 batch_stats: s
-                    .batches()
+                    .batches
                     .into_iter()
-                    .map(|(size, b)| InferBatchStatistics {
-                        batch_size: size,
-                        compute_input: Some(StatisticDuration {
-                            count: b.count,
-                            ns: b.input_ns,
-                        }),
-                        compute_infer: Some(StatisticDuration {
-                            count: b.count,
-                            ns: b.infer_ns,
-                        }),
-                        compute_output: Some(StatisticDuration {
-                            count: b.count,
-                            ns: b.output_ns,
-                        }),
+                    .map(|b| InferBatchStatistics {
+                        batch_size: b.batch_size,
+                        compute_input: duration(b.compute_input),
+                        compute_infer: duration(b.compute_infer),
+                        compute_output: duration(b.compute_output),
                     })
                     .collect(),
                 memory_usage: Vec::new(),
@@ -525,11 +623,7 @@ impl GrpcInferenceService for GrpcFrontend {
             };
             changes.insert(key, value);
         }
-        let current = if changes.is_empty() {
-            self.core.logging.to_json()
-        } else {
-            self.core.logging.update(&changes).map_err(status_of)?
-        };
+        let current = self.core.logging.update(&changes).map_err(status_of)?;
         let settings = current
             .as_object()
             .into_iter()
@@ -560,22 +654,16 @@ impl GrpcInferenceService for GrpcFrontend {
     ) -> GrpcResult<TraceSettingResponse> {
         let r = request.into_inner();
         let model = (!r.model_name.is_empty()).then_some(r.model_name.as_str());
-        if let Some(m) = model {
-            self.core.models.get(m, None).map_err(status_of)?;
-        }
-        let settings = if r.settings.is_empty() {
-            self.core.tracer.settings(model)
-        } else {
-            let changes = r
-                .settings
-                .into_iter()
-                .map(|(key, value)| (key, (!value.value.is_empty()).then_some(value.value)))
-                .collect();
-            self.core
-                .tracer
-                .update(model, &changes)
-                .map_err(status_of)?
-        };
+        // An empty list resets its key.
+        let changes = r
+            .settings
+            .into_iter()
+            .map(|(key, value)| (key, (!value.value.is_empty()).then_some(value.value)))
+            .collect();
+        let settings = self
+            .core
+            .update_trace_settings(model, &changes)
+            .map_err(status_of)?;
         let settings = settings
             .to_map()
             .into_iter()
@@ -655,7 +743,8 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         _: Request<CudaSharedMemoryRegisterRequest>,
     ) -> GrpcResult<CudaSharedMemoryRegisterResponse> {
-        Err(Status::unimplemented(super::http::CUDA_SHM_UNSUPPORTED))
+        self.core.register_cuda_shared_memory().map_err(status_of)?;
+        Ok(Response::new(CudaSharedMemoryRegisterResponse {}))
     }
 
     async fn cuda_shared_memory_unregister(
@@ -669,23 +758,9 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> GrpcResult<RepositoryModelLoadResponse> {
-        use crate::proto::inference::model_repository_parameter::ParameterChoice as P;
         let r = request.into_inner();
-        let mut over = LoadOverride::default();
-        for (key, param) in r.parameters {
-            let value = match param.parameter_choice {
-                Some(P::StringParam(s)) => LoadValue::Text(s),
-                Some(P::BytesParam(b)) => LoadValue::Bytes(b.to_vec()),
-                _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "parameter '{key}' must be a string or bytes"
-                    )));
-                }
-            };
-            over.add(&key, value).map_err(status_of)?;
-        }
         self.core
-            .load_model(r.model_name, over)
+            .load_model(r.model_name, repository_parameters(r.parameters))
             .await
             .map_err(status_of)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
@@ -696,17 +771,8 @@ impl GrpcInferenceService for GrpcFrontend {
         request: Request<RepositoryModelUnloadRequest>,
     ) -> GrpcResult<RepositoryModelUnloadResponse> {
         let r = request.into_inner();
-        if let Some(key) = r
-            .parameters
-            .keys()
-            .find(|k| k.as_str() != "unload_dependents")
-        {
-            return Err(Status::invalid_argument(format!(
-                "unknown unload parameter '{key}'"
-            )));
-        }
         self.core
-            .unload_model(r.model_name)
+            .unload_model(r.model_name, &repository_parameters(r.parameters))
             .await
             .map_err(status_of)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))

@@ -12,18 +12,17 @@ use axum::routing::{get, post};
 use ferrum_backend_api::{DataType, ParamValue, Parameter};
 use serde_json::{Map, Value, json};
 
-use super::tensor_json;
-use crate::core::{
+use ferrum_core::error::{Error, ErrorKind};
+use ferrum_core::models::RepositoryParameter;
+use ferrum_core::server::{
     Core, EXTENSIONS, InferRequest, InferResponse, InputTensor, SERVER_NAME, SERVER_VERSION,
     parse_version,
 };
-use crate::error::{Error, ErrorKind};
-use crate::models::{LoadOverride, LoadValue};
-use crate::shm::SharedMemory;
+use ferrum_core::shm::SharedMemory;
+use ferrum_core::stats::{DurationStat, ModelStatistics};
+use ferrum_core::trace::TraceSettings;
 
-/// Why CUDA shared memory registration is refused.
-pub const CUDA_SHM_UNSUPPORTED: &str =
-    "CUDA shared memory is not supported: this server has no GPU support; use system shared memory";
+use super::tensor_json;
 
 /// The header that splits a binary-extension body into its JSON part and its binary part.
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -293,13 +292,50 @@ async fn repository_index(
     Ok(axum::Json(Value::Array(rows)))
 }
 
+/// A model version's statistics in the statistics extension's JSON shape.
+fn stats_json(stats: &ModelStatistics) -> Value {
+    let duration = |d: &DurationStat| json!({ "count": d.count, "ns": d.ns });
+    let batches: Vec<Value> = stats
+        .batches
+        .iter()
+        .map(|b| {
+            json!({
+                "batch_size": b.batch_size,
+                "compute_input": duration(&b.compute_input),
+                "compute_infer": duration(&b.compute_infer),
+                "compute_output": duration(&b.compute_output),
+            })
+        })
+        .collect();
+    let inference = &stats.inference;
+    json!({
+        "name": stats.name,
+        "version": stats.version.to_string(),
+        "last_inference": stats.last_inference,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": duration(&inference.success),
+            "fail": duration(&inference.fail),
+            "queue": duration(&inference.queue),
+            "compute_input": duration(&inference.compute_input),
+            "compute_infer": duration(&inference.compute_infer),
+            "compute_output": duration(&inference.compute_output),
+            "cache_hit": duration(&inference.cache_hit),
+            "cache_miss": duration(&inference.cache_miss),
+        },
+        "batch_stats": batches,
+        "memory_usage": [],
+    })
+}
+
 fn stats_response(
     core: &Core,
     model: Option<&str>,
     version: Option<i64>,
 ) -> HttpResult<axum::Json<Value>> {
     let stats = core.statistics(model, version)?;
-    let list: Vec<Value> = stats.iter().map(|s| super::stats_json(s)).collect();
+    let list: Vec<Value> = stats.iter().map(stats_json).collect();
     Ok(axum::Json(json!({ "model_stats": list })))
 }
 
@@ -337,7 +373,7 @@ async fn post_logging(
     Ok(axum::Json(core.logging.update(changes)?))
 }
 
-fn trace_json(settings: &crate::trace::TraceSettings) -> Value {
+fn trace_json(settings: &TraceSettings) -> Value {
     let map = settings.to_map();
     let entries = map.into_iter().map(|(key, mut values)| {
         let value = if key == "trace_level" {
@@ -351,9 +387,6 @@ fn trace_json(settings: &crate::trace::TraceSettings) -> Value {
 }
 
 fn trace_update(core: &Core, model: Option<&str>, body: &Bytes) -> HttpResult<axum::Json<Value>> {
-    if let Some(m) = model {
-        core.models.get(m, None)?;
-    }
     let request: Value = if body.is_empty() {
         json!({})
     } else {
@@ -389,12 +422,12 @@ fn trace_update(core: &Core, model: Option<&str>, body: &Bytes) -> HttpResult<ax
         changes.insert(key.clone(), value);
     }
     Ok(axum::Json(trace_json(
-        &core.tracer.update(model, &changes)?,
+        &core.update_trace_settings(model, &changes)?,
     )))
 }
 
-async fn get_trace(State(core): State<Arc<Core>>) -> axum::Json<Value> {
-    axum::Json(trace_json(&core.tracer.settings(None)))
+async fn get_trace(State(core): State<Arc<Core>>) -> HttpResult<axum::Json<Value>> {
+    Ok(axum::Json(trace_json(&core.trace_settings(None)?)))
 }
 
 async fn post_trace(
@@ -408,8 +441,7 @@ async fn get_model_trace(
     State(core): State<Arc<Core>>,
     Path(model): Path<String>,
 ) -> HttpResult<axum::Json<Value>> {
-    core.models.get(&model, None)?;
-    Ok(axum::Json(trace_json(&core.tracer.settings(Some(&model)))))
+    Ok(axum::Json(trace_json(&core.trace_settings(Some(&model))?)))
 }
 
 async fn post_model_trace(
@@ -488,22 +520,38 @@ async fn cuda_status() -> axum::Json<Value> {
     axum::Json(json!([]))
 }
 
-async fn cuda_register() -> HttpError {
-    HttpError(Error::unsupported(CUDA_SHM_UNSUPPORTED))
+async fn cuda_register(State(core): State<Arc<Core>>) -> HttpResult<StatusCode> {
+    core.register_cuda_shared_memory()?;
+    Ok(StatusCode::OK)
 }
 
-/// The `parameters` object of a repository request body (empty body: none).
-fn repository_parameters(body: &Bytes) -> Result<Map<String, Value>, Error> {
+/// The `parameters` object of a repository request body (empty body: none), each value in
+/// the core's terms.
+fn repository_parameters(body: &Bytes) -> Result<Vec<(String, RepositoryParameter)>, Error> {
     if body.is_empty() {
-        return Ok(Map::new());
+        return Ok(Vec::new());
     }
-    let request: Value = serde_json::from_slice(body)
+    let mut request: Value = serde_json::from_slice(body)
         .map_err(|e| Error::invalid(format!("repository request is not valid JSON: {e}")))?;
-    match request.get("parameters") {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(map)) => Ok(map.clone()),
-        Some(_) => Err(Error::invalid("'parameters' must be an object")),
-    }
+    let map = match request.get_mut("parameters").map(Value::take) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(Error::invalid("'parameters' must be an object")),
+    };
+    Ok(map
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Bool(b) => RepositoryParameter::Bool(b),
+                Value::String(text) => RepositoryParameter::Text(text),
+                Value::Number(n) => n
+                    .as_i64()
+                    .map_or(RepositoryParameter::Other, RepositoryParameter::Int),
+                _ => RepositoryParameter::Other,
+            };
+            (key, value)
+        })
+        .collect())
 }
 
 async fn repository_load(
@@ -512,25 +560,22 @@ async fn repository_load(
     Body(body): Body,
 ) -> HttpResult<StatusCode> {
     use base64::Engine;
-    let mut over = LoadOverride::default();
-    for (key, value) in repository_parameters(&body)? {
-        let value = match (key.starts_with("file:"), value) {
-            (true, Value::String(b64)) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| {
-                        Error::invalid(format!("parameter '{key}' is not valid base64: {e}"))
-                    })?;
-                LoadValue::Bytes(bytes)
-            }
-            (_, Value::String(text)) => LoadValue::Text(text),
-            (_, _) => {
-                return Err(Error::invalid(format!("parameter '{key}' must be a string")).into());
-            }
-        };
-        over.add(&key, value)?;
+    let mut parameters = repository_parameters(&body)?;
+    // JSON carries a `file:` parameter's bytes as base64 text.
+    for (key, value) in &mut parameters {
+        if !key.starts_with("file:") {
+            continue;
+        }
+        if let RepositoryParameter::Text(b64) = value {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    Error::invalid(format!("parameter '{key}' is not valid base64: {e}"))
+                })?;
+            *value = RepositoryParameter::Bytes(bytes);
+        }
     }
-    core.load_model(model, over).await?;
+    core.load_model(model, parameters).await?;
     Ok(StatusCode::OK)
 }
 
@@ -539,14 +584,8 @@ async fn repository_unload(
     Path(model): Path<String>,
     Body(body): Body,
 ) -> HttpResult<StatusCode> {
-    for (key, value) in repository_parameters(&body)? {
-        if key != "unload_dependents" || !value.is_boolean() {
-            return Err(
-                Error::invalid(format!("unknown or invalid unload parameter '{key}'")).into(),
-            );
-        }
-    }
-    core.unload_model(model).await?;
+    let parameters = repository_parameters(&body)?;
+    core.unload_model(model, &parameters).await?;
     Ok(StatusCode::OK)
 }
 
@@ -690,9 +729,9 @@ pub fn decode_request(
                         binary.len()
                     )));
                 }
-                binary.split_to(size)
+                binary.split_to(size).into()
             }
-            (None, Some(data)) => Bytes::from(tensor_json::decode(&name, datatype, data)?),
+            (None, Some(data)) => Bytes::from(tensor_json::decode(&name, datatype, data)?).into(),
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
                     "input '{name}' has both 'data' and binary_data_size"
@@ -812,14 +851,15 @@ fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>
 fn parameters_json(parameters: &[Parameter]) -> Map<String, Value> {
     parameters
         .iter()
-        .map(|p| {
+        .filter_map(|p| {
             let v = match &p.value {
                 ParamValue::Bool(b) => json!(b),
                 ParamValue::Int(i) => json!(i),
                 ParamValue::Double(d) => json!(d),
                 ParamValue::Str(s) => json!(s.as_str()),
+                _ => return None,
             };
-            (p.key.to_string(), v)
+            Some((p.key.to_string(), v))
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 use ferrum_backend_api::DataType;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use ferrum_core::error::{Error, Result};
 
 /// Flattens nested JSON arrays into their leaf values, row-major, with a depth limit.
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<()> {

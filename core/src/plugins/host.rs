@@ -1,0 +1,218 @@
+//! The services the server offers backends through the ABI: logging and in-process inference
+//! (business logic scripting).
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RVec};
+use bytes::Bytes;
+use ferrum_backend_api::{
+    BackendError, BufferRef, DataType, Host, HostObj, HostObj_TO, HostRequestBox, HostRequestObj,
+    HostRequestObj_TO, InferResultBox, InferResultObj, InferResultObj_TO, LogLevel, Memory,
+    ParamRef, ParamValue, Parameter, TensorInfo,
+};
+
+use crate::server::{Core, InferRequest, InferResponse, InputTensor};
+
+/// The core a host serves inferences with, and the runtime to run them on.
+type Attached = (Weak<Core>, tokio::runtime::Handle);
+
+/// The server side of the backend callback table.
+#[derive(Clone, Default)]
+pub struct ServerHost {
+    /// The core, set once the server is assembled; used for backend-initiated inference.
+    core: Arc<OnceLock<Attached>>,
+}
+
+impl ServerHost {
+    /// Connects the host to the core that serves backend-initiated inferences.
+    pub fn attach(&self, core: &Arc<Core>, runtime: tokio::runtime::Handle) {
+        let _ = self.core.set((Arc::downgrade(core), runtime));
+    }
+
+    /// The host as it crosses the ABI.
+    pub fn to_ffi(&self) -> Host {
+        HostObj_TO::from_ptr(RArc::new(self.clone()), TD_Opaque)
+    }
+}
+
+impl HostObj for ServerHost {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+        let (target, message) = (target.as_str(), message.as_str());
+        match level {
+            LogLevel::ERROR => tracing::error!(backend = target, "{message}"),
+            LogLevel::WARN => tracing::warn!(backend = target, "{message}"),
+            LogLevel::INFO => tracing::info!(backend = target, "{message}"),
+            _ => tracing::debug!(backend = target, "{message}"),
+        }
+    }
+
+    fn new_request(
+        &self,
+        model_name: RStr<'_>,
+        model_version: i64,
+    ) -> RResult<HostRequestBox, BackendError> {
+        let request = InferRequest {
+            model_name: model_name.to_string(),
+            model_version: (model_version > 0).then_some(model_version),
+            ..Default::default()
+        };
+        RResult::ROk(HostRequestObj_TO::from_value(
+            HostRequest {
+                host: self.clone(),
+                request: Some(request),
+            },
+            TD_Opaque,
+        ))
+    }
+}
+
+/// A request a backend is building.
+struct HostRequest {
+    /// The host that runs it.
+    host: ServerHost,
+    /// The request; taken when it runs.
+    request: Option<InferRequest>,
+}
+
+impl HostRequest {
+    fn run(&mut self) -> Result<Vec<InferResponse>, BackendError> {
+        let request = self
+            .request
+            .take()
+            .ok_or_else(|| BackendError::internal("this host request already ran"))?;
+        let Some((core, runtime)) = self.host.core.get() else {
+            return Err(BackendError::unavailable(
+                "the server is not ready for inference",
+            ));
+        };
+        let Some(core) = core.upgrade() else {
+            return Err(BackendError::unavailable("the server is shutting down"));
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let result = async {
+                let mut stream = core.infer_stream(request)?;
+                let mut responses = Vec::new();
+                while let Some(item) = stream.next().await {
+                    let item = item?;
+                    responses.extend(item.response);
+                    if item.is_final {
+                        break;
+                    }
+                }
+                Ok::<_, crate::error::Error>(responses)
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        match rx.recv() {
+            Ok(result) => result.map_err(BackendError::from),
+            Err(_) => Err(BackendError::internal(
+                "inference was dropped before it answered",
+            )),
+        }
+    }
+}
+
+impl HostRequestObj for HostRequest {
+    fn set_id(&mut self, id: RStr<'_>) {
+        if let Some(r) = self.request.as_mut() {
+            r.id = id.to_string();
+        }
+    }
+
+    fn add_parameter(&mut self, parameter: ParamRef<'_>) {
+        if let (Some(r), Some(value)) = (self.request.as_mut(), ParamValue::from_ffi(&parameter)) {
+            r.parameters.push(Parameter {
+                key: parameter.key.to_string(),
+                value,
+            });
+        }
+    }
+
+    fn add_input(
+        &mut self,
+        name: RStr<'_>,
+        datatype: DataType,
+        shape: RSlice<'_, i64>,
+        data: RSlice<'_, u8>,
+    ) {
+        if let Some(r) = self.request.as_mut() {
+            r.inputs.push(InputTensor {
+                name: name.to_string(),
+                datatype,
+                shape: shape.to_vec(),
+                data: Bytes::copy_from_slice(data.as_slice()).into(),
+            });
+        }
+    }
+
+    fn add_requested_output(&mut self, name: RStr<'_>) {
+        if let Some(r) = self.request.as_mut() {
+            r.outputs.push(name.to_string());
+        }
+    }
+
+    fn infer(&mut self) -> RResult<RVec<InferResultBox>, BackendError> {
+        self.run()
+            .map(|responses| {
+                responses
+                    .into_iter()
+                    .map(|response| {
+                        InferResultObj_TO::from_ptr(RBox::new(InferResult { response }), TD_Opaque)
+                    })
+                    .collect()
+            })
+            .into()
+    }
+}
+
+/// One response of a backend-initiated inference.
+struct InferResult {
+    response: InferResponse,
+}
+
+impl InferResultObj for InferResult {
+    fn parameter_count(&self) -> usize {
+        self.response.parameters.len()
+    }
+
+    fn parameter(&self, index: usize) -> ROption<ParamRef<'_>> {
+        self.response
+            .parameters
+            .get(index)
+            .map(crate::scheduler::param_ref)
+            .into()
+    }
+
+    fn output_count(&self) -> usize {
+        self.response.outputs.len()
+    }
+
+    fn output(&self, index: usize) -> ROption<TensorInfo<'_>> {
+        self.response
+            .outputs
+            .get(index)
+            .map(|o| TensorInfo {
+                name: RStr::from_str(&o.name),
+                datatype: o.datatype,
+                shape: RSlice::from_slice(&o.shape),
+                buffer_count: 1,
+                byte_size: o.data.len() as u64,
+            })
+            .into()
+    }
+
+    fn output_buffer(&self, output: usize, buffer: usize) -> ROption<BufferRef> {
+        match (self.response.outputs.get(output), buffer) {
+            (Some(o), 0) => ROption::RSome(BufferRef {
+                ptr: o.data.as_ptr(),
+                len: o.data.len(),
+                memory: Memory::CPU,
+                flags: 0,
+            }),
+            _ => ROption::RNone,
+        }
+    }
+}
