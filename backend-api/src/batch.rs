@@ -141,11 +141,27 @@ pub fn split_output(
     shape: &[i64],
     data: &[u8],
 ) -> Result<(), BackendError> {
+    let every = vec![true; batch.rows.len()];
+    split_output_where(responses, batch, &every, name, datatype, shape, data)
+}
+
+/// Like [`split_output`], but only the responses whose entry in `wanted` is true get the
+/// output (typically: whose request asked for it, [`Request::wants_output`]).
+pub fn split_output_where(
+    responses: &mut [Response],
+    batch: &Batch,
+    wanted: &[bool],
+    name: &str,
+    datatype: DataType,
+    shape: &[i64],
+    data: &[u8],
+) -> Result<(), BackendError> {
     let total = batch.total();
-    if responses.len() != batch.rows.len() {
+    if responses.len() != batch.rows.len() || wanted.len() != batch.rows.len() {
         return Err(BackendError::internal(format!(
-            "split_output got {} responses for a batch of {} requests",
+            "split_output got {} responses and {} flags for a batch of {} requests",
             responses.len(),
+            wanted.len(),
             batch.rows.len()
         )));
     }
@@ -156,9 +172,12 @@ pub fn split_output(
     }
     let offsets = row_offsets(name, datatype, data, total)?;
     let mut row = 0;
-    for (response, &rows) in responses.iter_mut().zip(&batch.rows) {
+    for ((response, &rows), &wants) in responses.iter_mut().zip(&batch.rows).zip(wanted) {
         let (start, end) = (offsets[row], offsets[row + rows]);
         row += rows;
+        if !wants {
+            continue;
+        }
         let mut part_shape = shape.to_vec();
         part_shape[0] = rows as i64;
         response.output_from(name, datatype, &part_shape, &data[start..end])?;
