@@ -75,6 +75,25 @@ pub fn group(requests: Vec<Request>) -> Vec<Vec<Request>> {
     groups
 }
 
+/// Cuts requests of `rows` rows each into consecutive runs of at most `max` rows (a request
+/// over the limit runs alone); returns how many requests each run takes.
+pub fn runs_within(rows: &[usize], max: usize) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let (mut count, mut total) = (0usize, 0usize);
+    for &r in rows {
+        if count > 0 && total.saturating_add(r) > max {
+            runs.push(count);
+            (count, total) = (0, 0);
+        }
+        count += 1;
+        total = total.saturating_add(r);
+    }
+    if count > 0 {
+        runs.push(count);
+    }
+    runs
+}
+
 /// One input joined across a batch of requests.
 #[derive(Debug)]
 pub struct Joined<'r> {
@@ -226,6 +245,15 @@ fn row_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_stay_within_the_batch_limit() {
+        assert_eq!(runs_within(&[1, 2, 3, 2], 4), vec![2, 1, 1]);
+        assert_eq!(runs_within(&[4, 4], 8), vec![2]);
+        assert_eq!(runs_within(&[9, 1], 8), vec![1, 1]);
+        assert_eq!(runs_within(&[1; 5], 2), vec![2, 2, 1]);
+        assert!(runs_within(&[], 4).is_empty());
+    }
 
     #[test]
     fn row_offsets_fixed_and_bytes() {

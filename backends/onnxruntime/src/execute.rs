@@ -2,7 +2,6 @@
 //! model joined along the batch dimension into one run and split again afterwards.
 
 use std::borrow::Cow;
-use std::ops::Range;
 use std::sync::Arc;
 
 use ferrum_backend_api::batch::{self, Batch};
@@ -80,18 +79,6 @@ fn describe_run(model: &str, run: &[Request]) -> String {
         run.len(),
         requests.join(", ")
     )
-}
-
-/// The index ranges of the consecutive `true` entries.
-fn true_runs(flags: &[bool]) -> Vec<Range<usize>> {
-    let mut runs: Vec<Range<usize>> = Vec::new();
-    for (i, _) in flags.iter().enumerate().filter(|(_, f)| **f) {
-        match runs.last_mut() {
-            Some(run) if run.end == i => run.end = i + 1,
-            _ => runs.push(i..i + 1),
-        }
-    }
-    runs
 }
 
 impl Runner {
@@ -239,29 +226,15 @@ impl Runner {
                 )));
             }
             let wants: Vec<bool> = requests.iter().map(|r| r.wants_output(name)).collect();
-            for run in true_runs(&wants) {
-                let first: usize = batch.rows()[..run.start].iter().sum();
-                let part = Batch::of(&requests[run.clone()], &key.name)?;
-                let bytes = output
-                    .row_range(first..first + part.total())
-                    .and_then(|range| output.data.get(range))
-                    .ok_or_else(|| {
-                        BackendError::internal(format!("output '{name}' could not be split"))
-                    })?;
-                let mut shape = output.shape.clone();
-                if let Some(rows) = shape.first_mut() {
-                    *rows = i64::try_from(part.total())
-                        .map_err(|_| BackendError::internal("joined batch is too large"))?;
-                }
-                batch::split_output(
-                    &mut responses[run],
-                    &part,
-                    name,
-                    output.datatype,
-                    &shape,
-                    bytes,
-                )?;
-            }
+            batch::split_output_where(
+                &mut responses,
+                &batch,
+                &wants,
+                name,
+                output.datatype,
+                &output.shape,
+                &output.data,
+            )?;
         }
         Ok(responses)
     }
@@ -405,14 +378,6 @@ mod tests {
             vec![matrix([1, 2]).0, matrix([1, 2]).0],
         );
         assert_eq!(alone.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
-    }
-
-    #[test]
-    fn true_runs_find_consecutive_wants() {
-        assert_eq!(true_runs(&[true, true, false, true]), vec![0..2, 3..4]);
-        assert_eq!(true_runs(&[false, true, false]), vec![1..2]);
-        assert!(true_runs(&[false, false]).is_empty());
-        assert_eq!(true_runs(&[true; 3]), vec![0..3]);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::ffi::c_void;
-use std::ops::Range;
 
 use ferrum_backend_api::{BackendError, DataType, Tensor, bytes};
 use ort::AsPointer;
@@ -184,8 +183,6 @@ pub struct OutputData<'v> {
     /// The elements: for fixed-size types borrowed from the ONNX Runtime value, for `BYTES`
     /// each string after its 4-byte length.
     pub data: Cow<'v, [u8]>,
-    /// For `BYTES`: where each string's length starts in `data`, then the end; else empty.
-    starts: Vec<usize>,
 }
 
 impl<'v> OutputData<'v> {
@@ -227,7 +224,6 @@ impl<'v> OutputData<'v> {
             datatype,
             shape,
             data: Cow::Borrowed(data),
-            starts: Vec::new(),
         })
     }
 
@@ -238,36 +234,10 @@ impl<'v> OutputData<'v> {
                 .windows(2)
                 .map(|w| content.get(w[0]..w[1]).unwrap_or_default()),
         );
-        // Each string before element `i` adds a 4-byte length to its content offset.
-        let starts = offsets
-            .iter()
-            .enumerate()
-            .map(|(i, &offset)| offset + 4 * i)
-            .collect();
         OutputData {
             datatype: DataType::BYTES,
             shape,
             data: Cow::Owned(data),
-            starts,
-        }
-    }
-
-    /// Where rows `rows` of the first dimension lie in `data`; `None` when the output has no
-    /// such rows.
-    pub fn row_range(&self, rows: Range<usize>) -> Option<Range<usize>> {
-        let total = usize::try_from(*self.shape.first()?).ok()?;
-        if rows.start > rows.end || rows.end > total {
-            return None;
-        }
-        if total == 0 {
-            return Some(0..0);
-        }
-        if self.datatype == DataType::BYTES {
-            let per_row = self.starts.len().checked_sub(1)? / total;
-            Some(*self.starts.get(rows.start * per_row)?..*self.starts.get(rows.end * per_row)?)
-        } else {
-            let per_row = self.data.len() / total;
-            Some(rows.start * per_row..rows.end * per_row)
         }
     }
 }
@@ -341,35 +311,14 @@ mod tests {
     }
 
     #[test]
-    fn row_ranges_of_fixed_and_string_outputs() {
-        let data: Vec<u8> = (0u8..12).collect();
-        let fixed = OutputData {
-            datatype: DataType::INT16,
-            shape: vec![3, 2],
-            data: Cow::Borrowed(&data),
-            starts: Vec::new(),
-        };
-        assert_eq!(fixed.row_range(1..3), Some(4..12));
-        assert_eq!(fixed.row_range(0..0), Some(0..0));
-        assert_eq!(fixed.row_range(2..4), None);
-
+    fn string_outputs_are_encoded_as_bytes_tensors() {
         // Two rows of two strings: "a", "bc" | "def", "g".
         let strings = OutputData::strings(vec![2, 2], b"abcdefg", &[0, 1, 3, 6, 7]);
         assert_eq!(
             bytes::decode(&strings.data).unwrap(),
             vec![&b"a"[..], b"bc", b"def", b"g"]
         );
-        let second = strings.row_range(1..2).unwrap();
-        assert_eq!(
-            bytes::decode(&strings.data[second]).unwrap(),
-            vec![&b"def"[..], b"g"]
-        );
-        assert_eq!(strings.row_range(0..2), Some(0..strings.data.len()));
-        assert_eq!(strings.row_range(1..3), None);
-
         let empty = OutputData::strings(vec![0, 3], b"", &[0]);
-        assert_eq!(empty.row_range(0..0), Some(0..0));
-        let scalar = OutputData::strings(Vec::new(), b"x", &[0, 1]);
-        assert_eq!(scalar.row_range(0..1), None);
+        assert!(empty.data.is_empty());
     }
 }

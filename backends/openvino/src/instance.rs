@@ -93,25 +93,6 @@ fn fits(dims: &[i64], shape: &[i64], batching: bool) -> bool {
             .all(|(&m, &s)| m < 0 || m == s)
 }
 
-/// Splits requests of `rows` rows each into consecutive runs of at most `max` rows (a request
-/// over the limit alone); returns how many requests each run takes.
-fn runs_within(rows: &[usize], max: usize) -> Vec<usize> {
-    let mut runs = Vec::new();
-    let (mut count, mut total) = (0usize, 0usize);
-    for &r in rows {
-        if count > 0 && total.saturating_add(r) > max {
-            runs.push(count);
-            (count, total) = (0, 0);
-        }
-        count += 1;
-        total = total.saturating_add(r);
-    }
-    if count > 0 {
-        runs.push(count);
-    }
-    runs
-}
-
 /// The first `rows` rows of an output of `total` rows: their byte length.
 fn kept_bytes(len: usize, total: usize, rows: usize) -> usize {
     len.checked_div(total).map_or(0, |row| row * rows)
@@ -420,78 +401,18 @@ impl OvInstance {
             }
             let produced = self.output(spec, Some(total))?;
             let data = produced.data(&spec.name)?;
-            if wanted.iter().all(|&w| w) {
-                batch::split_output(
-                    &mut responses,
-                    &batch,
-                    &spec.name,
-                    spec.datatype,
-                    &produced.shape,
-                    data,
-                )?;
-            } else {
-                split_some(&mut responses, &wanted, &batch, spec, &produced.shape, data)?;
-            }
+            batch::split_output_where(
+                &mut responses,
+                &batch,
+                &wanted,
+                &spec.name,
+                spec.datatype,
+                &produced.shape,
+                data,
+            )?;
         }
         Ok(responses)
     }
-}
-
-/// The byte range of each request's rows in a batch output of `len` bytes (fixed-size
-/// elements), given each request's number of rows; `None` when the bytes are not a whole
-/// number of rows.
-fn row_spans(len: usize, rows: &[usize]) -> Option<Vec<std::ops::Range<usize>>> {
-    let total: usize = rows.iter().sum();
-    let row_bytes = len.checked_div(total).unwrap_or(0);
-    if row_bytes.checked_mul(total) != Some(len) {
-        return None;
-    }
-    let mut at = 0;
-    Some(
-        rows.iter()
-            .map(|&r| {
-                let start = at;
-                at += r * row_bytes;
-                start..at
-            })
-            .collect(),
-    )
-}
-
-/// Splits a batch output (fixed-size elements) among the responses whose request wants it.
-fn split_some(
-    responses: &mut [Response],
-    wanted: &[bool],
-    batch: &Batch,
-    spec: &IoSpec,
-    shape: &[i64],
-    data: &[u8],
-) -> Result<(), BackendError> {
-    let total = batch.total();
-    let spans = row_spans(data.len(), batch.rows())
-        .filter(|_| shape.first().copied() == i64::try_from(total).ok())
-        .ok_or_else(|| {
-            BackendError::internal(format!(
-                "output '{}' has shape {shape:?} and {} bytes, but the batch holds {total} rows",
-                spec.name,
-                data.len()
-            ))
-        })?;
-    for (((response, &rows), &wants), span) in responses
-        .iter_mut()
-        .zip(batch.rows())
-        .zip(wanted)
-        .zip(spans)
-    {
-        if wants {
-            let mut part = shape.to_vec();
-            if let Some(d) = part.first_mut() {
-                *d = i64::try_from(rows).unwrap_or(i64::MAX);
-            }
-            response.output_from(&spec.name, spec.datatype, &part, &data[span])?;
-        }
-    }
-    Ok(())
 }
 
 impl Instance for OvInstance {
@@ -520,7 +441,7 @@ impl Instance for OvInstance {
             };
             let mut rest = group.into_iter();
             let mut rows = batch.rows();
-            for count in runs_within(rows, max) {
+            for count in batch::runs_within(rows, max) {
                 let run: Vec<Request> = rest.by_ref().take(count).collect();
                 let (run_rows, later) = rows.split_at(count.min(rows.len()));
                 rows = later;
@@ -559,23 +480,6 @@ mod tests {
         assert!(!fits(&[-1, 4], &[3, 5], true));
         assert!(!fits(&[-1, 4], &[3, 4, 1], true));
         assert!(fits(&[], &[], false));
-    }
-
-    #[test]
-    fn runs_stay_within_the_batch_limit() {
-        assert_eq!(runs_within(&[1, 2, 3, 2], 4), vec![2, 1, 1]);
-        assert_eq!(runs_within(&[4, 4], 8), vec![2]);
-        assert_eq!(runs_within(&[9, 1], 8), vec![1, 1]);
-        assert_eq!(runs_within(&[1; 5], 2), vec![2, 2, 1]);
-        assert!(runs_within(&[], 4).is_empty());
-    }
-
-    #[test]
-    fn each_request_gets_its_own_rows() {
-        assert_eq!(row_spans(48, &[1, 3, 2]), Some(vec![0..8, 8..32, 32..48]));
-        assert_eq!(row_spans(0, &[2, 1]), Some(vec![0..0, 0..0]));
-        assert_eq!(row_spans(50, &[1, 3, 2]), None);
-        assert_eq!(row_spans(4, &[]), None);
     }
 
     #[test]

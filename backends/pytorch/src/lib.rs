@@ -436,19 +436,15 @@ impl TorchInstance {
             let mut data = vec![0u8; size];
             convert::copy_output(name, &tensor, &mut data)?;
             let shape = tensor.size();
-            if wanted.iter().all(|&w| w) {
-                batch::split_output(&mut responses, batch, name, datatype, &shape, &data)?;
-            } else {
-                split_some(
-                    &mut responses,
-                    &wanted,
-                    batch,
-                    name,
-                    datatype,
-                    &shape,
-                    &data,
-                )?;
-            }
+            batch::split_output_where(
+                &mut responses,
+                batch,
+                &wanted,
+                name,
+                datatype,
+                &shape,
+                &data,
+            )?;
         }
         Ok(responses)
     }
@@ -477,82 +473,6 @@ impl TorchInstance {
             _ => Err(unexpected("a value that is not a tensor")),
         }
     }
-}
-
-/// The byte range of each request's rows in a batch output of `len` bytes (fixed-size
-/// elements), given each request's number of rows; `None` when the bytes are not a whole
-/// number of rows.
-pub fn row_spans(len: usize, rows: &[usize]) -> Option<Vec<std::ops::Range<usize>>> {
-    let total: usize = rows.iter().sum();
-    let row_bytes = len.checked_div(total).unwrap_or(0);
-    if row_bytes.checked_mul(total) != Some(len) {
-        return None;
-    }
-    let mut at = 0;
-    Some(
-        rows.iter()
-            .map(|&r| {
-                let start = at;
-                at += r * row_bytes;
-                start..at
-            })
-            .collect(),
-    )
-}
-
-/// Splits a batch output of fixed-size elements among the responses whose request wants it.
-fn split_some(
-    responses: &mut [Response],
-    wanted: &[bool],
-    batch: &Batch,
-    name: &str,
-    datatype: DataType,
-    shape: &[i64],
-    data: &[u8],
-) -> Result<(), BackendError> {
-    let total = batch.total();
-    let spans = row_spans(data.len(), batch.rows())
-        .filter(|_| shape.first().copied() == i64::try_from(total).ok())
-        .ok_or_else(|| {
-            BackendError::internal(format!(
-                "output '{name}' has shape {shape:?} and {} bytes, but the batch holds {total} rows",
-                data.len()
-            ))
-        })?;
-    for (((response, &rows), &wants), span) in responses
-        .iter_mut()
-        .zip(batch.rows())
-        .zip(wanted)
-        .zip(spans)
-    {
-        if wants {
-            let mut part = shape.to_vec();
-            if let Some(d) = part.first_mut() {
-                *d = i64::try_from(rows).unwrap_or(i64::MAX);
-            }
-            response.output_from(name, datatype, &part, &data[span])?;
-        }
-    }
-    Ok(())
-}
-
-/// Splits requests of `rows` rows each into consecutive runs of at most `max` rows (a request
-/// over the limit alone); returns how many requests each run takes.
-pub fn runs_within(rows: &[usize], max: usize) -> Vec<usize> {
-    let mut runs = Vec::new();
-    let (mut count, mut total) = (0usize, 0usize);
-    for &r in rows {
-        if count > 0 && total.saturating_add(r) > max {
-            runs.push(count);
-            (count, total) = (0, 0);
-        }
-        count += 1;
-        total = total.saturating_add(r);
-    }
-    if count > 0 {
-        runs.push(count);
-    }
-    runs
 }
 
 impl Instance for TorchInstance {
@@ -588,7 +508,7 @@ impl Instance for TorchInstance {
                 continue;
             };
             let mut rest = group.into_iter();
-            for count in runs_within(batch.rows(), max) {
+            for count in batch::runs_within(batch.rows(), max) {
                 let run: Vec<Request> = rest.by_ref().take(count).collect();
                 if run.len() == 1 {
                     run.iter().for_each(|r| self.run_alone(r));
