@@ -166,6 +166,10 @@ pub fn split_output(
 
 /// Like [`split_output`], but only the responses whose entry in `wanted` is true get the
 /// output (typically: whose request asked for it, [`Request::wants_output`]).
+///
+/// A response whose own output cannot be written (its client's shared memory region is too
+/// small, say) is marked failed ([`Response::fail`]) and the others go on; an error returned
+/// here concerns the whole batch.
 pub fn split_output_where(
     responses: &mut [Response],
     batch: &Batch,
@@ -199,7 +203,9 @@ pub fn split_output_where(
         }
         let mut part_shape = shape.to_vec();
         part_shape[0] = rows as i64;
-        response.output_from(name, datatype, &part_shape, &data[start..end])?;
+        if let Err(e) = response.output_from(name, datatype, &part_shape, &data[start..end]) {
+            response.fail(e);
+        }
     }
     Ok(())
 }

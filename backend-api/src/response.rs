@@ -25,6 +25,8 @@ impl Responder {
     pub fn response(&self) -> Response {
         Response {
             obj: Some(self.obj.new_response()),
+            responder: self.obj.clone(),
+            failed: None,
         }
     }
 
@@ -69,10 +71,16 @@ impl Responder {
 }
 
 /// One response being built. Each output is written straight into a buffer the server
-/// allocated for it (the client's shared memory region when it asked for one).
+/// allocated for it (the client's shared memory region when it asked for one). A response
+/// can be marked failed ([`Response::fail`]); sending it then sends the error instead, so one
+/// request's failure in a batch stays its own.
 pub struct Response {
     /// The server's handle; `None` once sent.
     obj: Option<ResponseBox>,
+    /// The request's responder, to send an error instead of the response.
+    responder: ffi::ResponderHandle,
+    /// Set when building the response failed.
+    failed: Option<BackendError>,
 }
 
 impl Response {
@@ -105,6 +113,9 @@ impl Response {
         shape: &[i64],
         byte_size: usize,
     ) -> Result<&mut [u8], BackendError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let obj = self
             .obj
             .as_mut()
@@ -164,10 +175,27 @@ impl Response {
         }
     }
 
-    /// Sends the response; `is_final` ends the request.
+    /// Marks the response failed (the first error is kept): sending it sends the error.
+    pub fn fail(&mut self, error: BackendError) {
+        if self.failed.is_none() {
+            self.failed = Some(error);
+        }
+    }
+
+    /// The error the response was marked failed with, if any.
+    pub fn failure(&self) -> Option<&BackendError> {
+        self.failed.as_ref()
+    }
+
+    /// Sends the response (or its failure); `is_final` ends the request.
     pub fn send(mut self, is_final: bool) {
-        if let Some(mut obj) = self.obj.take() {
-            obj.send(if is_final { RESPONSE_FINAL } else { 0 });
+        let flags = if is_final { RESPONSE_FINAL } else { 0 };
+        let Some(mut obj) = self.obj.take() else {
+            return;
+        };
+        match self.failed.take() {
+            Some(error) => self.responder.send_error(error, flags),
+            None => obj.send(flags),
         }
     }
 }

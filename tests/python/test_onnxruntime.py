@@ -693,3 +693,51 @@ def test_a_dynamic_batch_runs_once_over_whole_requests(tmp_path):
         assert model["inference_count"] == 4 and model["execution_count"] == 1, model
     finally:
         srv.stop_and_check()
+
+
+def test_one_requests_output_failure_in_a_batch_stays_its_own(tmp_path):
+    """Two requests run as one session run; one asks for its output in a shared memory region
+    too small for it. That request fails, naming its region; the other gets its result."""
+    import tritonclient.utils.shared_memory as shm
+
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "onnx_mlp", repo / "onnx_mlp")
+    config = repo / "onnx_mlp" / "config.pbtxt"
+    config.write_text(
+        config.read_text()
+        + "\ndynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 2000000 }\n"
+    )
+    srv = start_server(repo, ["--log-verbose", "1"], log_dir=tmp_path / "logs")
+    key = f"/ferrum-small-{tmp_path.name}"
+    handle = shm.create_shared_memory_region("small", key, 4)
+    try:
+        session = _session(str(_model_file("onnx_mlp")))
+        rows = [np.full((1, 16), v, dtype=np.float32) for v in (0.5, -0.5)]
+        with grpcclient.InferenceServerClient(srv.grpc_url) as client:
+            client.register_system_shared_memory("small", key, 4)
+            done = []
+            for i, row in enumerate(rows):
+                inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+                inp.set_data_from_numpy(row)
+                out = grpcclient.InferRequestedOutput("OUTPUT0")
+                if i == 1:
+                    out.set_shared_memory("small", 4)
+                q: "queue.Queue" = queue.Queue()
+                client.async_infer(
+                    "onnx_mlp", [inp], outputs=[out], request_id=f"r{i}",
+                    callback=lambda result, error, q=q: q.put((result, error)),
+                )
+                done.append(q)
+            good, good_error = done[0].get(timeout=TIMEOUT)
+            bad, bad_error = done[1].get(timeout=TIMEOUT)
+            client.unregister_system_shared_memory("small")
+        assert good_error is None, good_error
+        (expected,) = session.run(None, {"INPUT0": rows[0]})
+        np.testing.assert_allclose(good.as_numpy("OUTPUT0"), expected, rtol=1e-5, atol=1e-6)
+        assert bad is None and bad_error is not None
+        assert "small" in bad_error.message() and "OUTPUT0" in bad_error.message(), bad_error
+        log = srv.stderr_text() + srv.stdout_text()
+        assert "one session run for 2 requests" in log, log[-3000:]
+    finally:
+        shm.destroy_shared_memory_region(handle)
+        srv.stop_and_check()
