@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -179,6 +179,9 @@ pub struct Tracer {
     global: Mutex<TraceSettings>,
     /// Per-model settings that differ from the global ones.
     models: Mutex<BTreeMap<String, TraceSettings>>,
+    /// Whether any settings (global or a model's) trace at all; read first on every request,
+    /// so tracing costs one atomic load when it is off.
+    active: AtomicBool,
     /// Requests seen, for the sampling rate.
     seen: AtomicU64,
     /// Traces written, for ids and the count limit.
@@ -204,6 +207,7 @@ impl Tracer {
     /// A tracer with these global settings whose OpenTelemetry spans go to `exporter`.
     pub fn with_exporter(settings: TraceSettings, exporter: Option<Arc<dyn SpanExporter>>) -> Self {
         Tracer {
+            active: AtomicBool::new(settings.on()),
             global: Mutex::new(settings),
             models: Mutex::new(BTreeMap::new()),
             seen: AtomicU64::new(0),
@@ -243,19 +247,30 @@ impl Tracer {
                     next.apply(key, value.as_deref(), &defaults)?;
                 }
                 *global = next.clone();
+                let models = self.models.lock();
+                self.set_active(&global, &models);
                 Ok(next)
             }
             Some(m) => {
-                let global = self.global.lock().clone();
+                // Both locks, global first as everywhere, for the whole change.
+                let global = self.global.lock();
                 let mut models = self.models.lock();
                 let mut next = models.get(m).cloned().unwrap_or_else(|| global.clone());
                 for (key, value) in changes {
                     next.apply(key, value.as_deref(), &global)?;
                 }
                 models.insert(m.to_string(), next.clone());
+                self.set_active(&global, &models);
                 Ok(next)
             }
         }
+    }
+
+    /// Recomputes whether anything traces. Called with both locks held, so a concurrent
+    /// update cannot leave a stale answer.
+    fn set_active(&self, global: &TraceSettings, models: &BTreeMap<String, TraceSettings>) {
+        let on = global.on() || models.values().any(TraceSettings::on);
+        self.active.store(on, Ordering::Release);
     }
 
     fn ns(&self, at: Instant) -> u128 {
@@ -275,6 +290,9 @@ impl Tracer {
         received: Instant,
         timing: Option<&RequestTiming>,
     ) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
         let settings = self.settings(Some(model));
         if !settings.on() {
             return;
@@ -408,4 +426,48 @@ fn start_exporter(exporter: Arc<dyn SpanExporter>) -> std::sync::mpsc::SyncSende
         tracing::error!("cannot start the OpenTelemetry exporter: {e}");
     }
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn change(pairs: &[(&str, &str)]) -> BTreeMap<String, Option<Vec<String>>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Some(vec![v.to_string()])))
+            .collect()
+    }
+
+    #[test]
+    fn a_model_traced_while_the_global_setting_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trace.json");
+        let tracer = Tracer::new(TraceSettings::default());
+        assert!(!tracer.active.load(Ordering::Acquire), "off by default");
+        tracer.record("m", 1, Instant::now(), None);
+        assert!(!file.exists());
+
+        let on = change(&[
+            ("trace_level", "TIMESTAMPS"),
+            ("trace_rate", "1"),
+            ("trace_file", file.to_str().unwrap()),
+        ]);
+        tracer.update(Some("m"), &on).unwrap();
+        assert!(tracer.active.load(Ordering::Acquire));
+        tracer.record("other", 1, Instant::now(), None);
+        tracer.record("m", 1, Instant::now(), None);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("\"model_name\":\"m\""), "{text}");
+        assert!(!text.contains("other"), "{text}");
+
+        tracer
+            .update(Some("m"), &change(&[("trace_level", "OFF")]))
+            .unwrap();
+        assert!(
+            !tracer.active.load(Ordering::Acquire),
+            "off again everywhere"
+        );
+    }
 }
