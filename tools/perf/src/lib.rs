@@ -1,0 +1,229 @@
+//! ferrum-perf: a native load generator for KServe v2 (Triton-compatible) servers,
+//! doing the job of Triton's perf_analyzer over HTTP (JSON or binary tensors) and gRPC.
+
+pub mod cli;
+pub mod client;
+pub mod inputs;
+pub mod load;
+pub mod measure;
+pub mod model;
+pub mod proto;
+pub mod report;
+pub mod shm;
+pub mod stats;
+
+use anyhow::{Context, Result, bail};
+use cli::{Args, Protocol, SharedMemory, Sweep};
+use client::control::Control;
+use load::{Load, Plan};
+use measure::{PointResult, Window, is_stable};
+use model::ModelInfo;
+use shm::ShmLayout;
+use std::time::{Duration, Instant};
+
+/// Runs the whole sweep and writes the requested output files; returns the points.
+pub async fn run(args: &Args) -> Result<Vec<PointResult>> {
+    let sweep = args.sweep()?;
+    let protocol = args.effective_protocol();
+    let authority = args.authority();
+    if args.measurement_interval == 0 || args.max_trials == 0 {
+        bail!("--measurement-interval and --max-trials must be positive");
+    }
+    let mut control = Control::connect(protocol, &authority).await?;
+    let mut shm = None;
+    let (plan, model) = if args.health {
+        let plan = match protocol {
+            Protocol::Http => Plan::http_health(),
+            Protocol::Grpc => Plan::GrpcHealth,
+        };
+        (plan, None)
+    } else {
+        let name = args
+            .model
+            .as_deref()
+            .context("a model is needed: give -m MODEL (or --health)")?;
+        let info = control.model_info(name, &args.model_version).await?;
+        info.check_batch(args.batch_size)?;
+        let sets = inputs::build_inputs(&info, args.batch_size, &args.shapes()?, &args.input_data)?;
+        if args.shared_memory == SharedMemory::System {
+            if sets.len() > 1 {
+                eprintln!("warning: shared memory uses only the first --input-data entry");
+            }
+            let mut layout = ShmLayout::create(
+                &info,
+                &sets[0],
+                args.batch_size,
+                args.output_shared_memory_size,
+            )?;
+            layout.register(&mut control).await?;
+            shm = Some(layout);
+        }
+        (build_plan(args, &info, &sets, shm.as_ref()), Some(info))
+    };
+    let result = sweep_points(
+        args,
+        &sweep,
+        &plan,
+        &authority,
+        &mut control,
+        model.as_ref(),
+    )
+    .await;
+    if let Some(mut layout) = shm
+        && let Err(e) = layout.cleanup(&mut control).await
+    {
+        eprintln!("warning: shared memory cleanup: {e:#}");
+    }
+    let points = result?;
+    write_outputs(args, &points)?;
+    Ok(points)
+}
+
+fn build_plan(
+    args: &Args,
+    info: &ModelInfo,
+    sets: &[Vec<inputs::InputTensor>],
+    shm: Option<&ShmLayout>,
+) -> Plan {
+    let outputs: Vec<String> = info.outputs.iter().map(|o| o.name.clone()).collect();
+    match args.effective_protocol() {
+        Protocol::Http => Plan::Http(
+            sets.iter()
+                .map(|set| {
+                    client::http::infer_request(
+                        &info.name,
+                        &info.version,
+                        set,
+                        &outputs,
+                        args.input_tensor_format,
+                        args.output_tensor_format,
+                        shm,
+                    )
+                })
+                .collect(),
+        ),
+        Protocol::Grpc => {
+            let reqs = sets
+                .iter()
+                .map(|set| {
+                    client::grpc::infer_request(&info.name, &info.version, set, &outputs, shm)
+                })
+                .collect();
+            if args.streaming {
+                Plan::GrpcStream(reqs)
+            } else {
+                Plan::Grpc(reqs)
+            }
+        }
+    }
+}
+
+async fn sweep_points(
+    args: &Args,
+    sweep: &Sweep,
+    plan: &Plan,
+    authority: &str,
+    control: &mut Control,
+    model: Option<&ModelInfo>,
+) -> Result<Vec<PointResult>> {
+    let values: Vec<(String, f64)> = match sweep {
+        Sweep::Concurrency(c) => c
+            .iter()
+            .map(|c| ("concurrency".to_string(), *c as f64))
+            .collect(),
+        Sweep::RequestRate(r) => r.iter().map(|r| ("request_rate".to_string(), *r)).collect(),
+    };
+    let mut points = Vec::new();
+    for (mode, value) in values {
+        eprintln!("measuring {mode} {value}");
+        let load = match sweep {
+            Sweep::Concurrency(_) => {
+                load::start_concurrency(plan, authority, value as usize).await?
+            }
+            Sweep::RequestRate(_) => {
+                load::start_rate(
+                    plan,
+                    authority,
+                    value,
+                    args.request_distribution,
+                    args.max_threads,
+                )
+                .await?
+            }
+        };
+        let point = measure_point(args, &load, &mode, value, control, model).await;
+        load.stop().await;
+        points.push(point?);
+    }
+    Ok(points)
+}
+
+async fn snapshot(control: &mut Control, model: Option<&ModelInfo>) -> Option<stats::ServerStats> {
+    let m = model?;
+    match control.stats(&m.name, &m.version).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: cannot read server statistics: {e:#}");
+            None
+        }
+    }
+}
+
+/// Measures windows until the last three are stable or --max-trials is reached.
+async fn measure_point(
+    args: &Args,
+    load: &Load,
+    mode: &str,
+    value: f64,
+    control: &mut Control,
+    model: Option<&ModelInfo>,
+) -> Result<PointResult> {
+    let interval = Duration::from_millis(args.measurement_interval);
+    let stability_percentile = f64::from(args.percentile.unwrap_or(50));
+    let mut snaps = vec![snapshot(control, model).await];
+    load.recorder.drain();
+    let mut start = Instant::now();
+    let mut windows = Vec::new();
+    let mut stable = false;
+    for _ in 0..args.max_trials {
+        tokio::time::sleep_until((start + interval).into()).await;
+        let records = load.recorder.drain();
+        let now = Instant::now();
+        windows.push(Window::new(&records, now - start));
+        start = now;
+        snaps.push(snapshot(control, model).await);
+        if is_stable(&windows, args.stability_percentage, stability_percentile) {
+            stable = true;
+            break;
+        }
+    }
+    if !stable {
+        eprintln!(
+            "warning: {mode} {value}: not stable after {} windows; reporting the last ones",
+            windows.len()
+        );
+    }
+    let k = windows.len().min(3);
+    let merged = Window::merge(&windows[windows.len() - k..]);
+    let mut point =
+        PointResult::from_window(mode, value, args.batch_size, &merged, args.percentile);
+    point.stable = stable;
+    point.windows = windows.len();
+    if let (Some(Some(a)), Some(Some(b))) = (snaps.get(snaps.len() - 1 - k), snaps.last()) {
+        point.server = Some(a.breakdown(b));
+    }
+    Ok(point)
+}
+
+fn write_outputs(args: &Args, points: &[PointResult]) -> Result<()> {
+    if let Some(path) = &args.csv {
+        report::write(path, &report::csv(points))?;
+    }
+    if let Some(path) = &args.json {
+        report::write(path, &report::json(points)?)?;
+    }
+    if let Some(path) = &args.plot {
+        report::write(path, &report::svg(points))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Load generation: request plans, connected workers, concurrency and request-rate modes.
+
+use crate::cli::Distribution;
+use crate::client::grpc::{self, Client, StreamSession};
+use crate::client::http::{HttpConn, HttpRequest, check};
+use crate::inputs::Rng;
+use crate::measure::{Record, Recorder};
+use crate::proto::inference as pb;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::Method;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// What every request of a run looks like (several data sets are sent round-robin).
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// HTTP requests (inference or health).
+    Http(Vec<HttpRequest>),
+    /// Unary gRPC ModelInfer.
+    Grpc(Vec<pb::ModelInferRequest>),
+    /// Streaming gRPC ModelStreamInfer.
+    GrpcStream(Vec<pb::ModelInferRequest>),
+    /// gRPC ServerReady (the health floor).
+    GrpcHealth,
+}
+
+impl Plan {
+    /// The HTTP health plan: `GET /v2/health/ready`.
+    pub fn http_health() -> Self {
+        Self::Http(vec![HttpRequest {
+            method: Method::GET,
+            path: "/v2/health/ready".into(),
+            body: Bytes::new(),
+            header_len: None,
+        }])
+    }
+}
+
+/// One connected client that sends one request at a time.
+pub enum Worker {
+    /// HTTP/1.1 keep-alive connection.
+    Http(HttpConn, Arc<Vec<HttpRequest>>),
+    /// gRPC unary client.
+    Grpc(Client, Arc<Vec<pb::ModelInferRequest>>),
+    /// gRPC stream.
+    Stream(StreamSession, Arc<Vec<pb::ModelInferRequest>>),
+    /// gRPC health client.
+    Health(Client),
+}
+
+impl Worker {
+    /// Connects a worker for a plan.
+    pub async fn connect(plan: &Plan, authority: &str) -> Result<Self> {
+        Ok(match plan {
+            Plan::Http(reqs) => {
+                let mut conn = HttpConn::new(authority);
+                conn.ensure_connected().await?;
+                Self::Http(conn, Arc::new(reqs.clone()))
+            }
+            Plan::Grpc(reqs) => Self::Grpc(grpc::connect(authority).await?, Arc::new(reqs.clone())),
+            Plan::GrpcStream(reqs) => {
+                let mut client = grpc::connect(authority).await?;
+                Self::Stream(
+                    StreamSession::open(&mut client).await?,
+                    Arc::new(reqs.clone()),
+                )
+            }
+            Plan::GrpcHealth => Self::Health(grpc::connect(authority).await?),
+        })
+    }
+
+    /// Sends request number `n` (data set n mod count) and waits for its response.
+    pub async fn send(&mut self, n: usize) -> Result<()> {
+        match self {
+            Self::Http(conn, reqs) => {
+                let req = &reqs[n % reqs.len()];
+                let (status, body) = conn.send(req).await?;
+                check(status, &body, &req.path)
+            }
+            Self::Grpc(client, reqs) => {
+                let req = reqs[n % reqs.len()].clone();
+                client
+                    .model_infer(req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("ModelInfer: {}", s.message()))?;
+                Ok(())
+            }
+            Self::Stream(session, reqs) => session.infer(reqs[n % reqs.len()].clone()).await,
+            Self::Health(client) => {
+                let r = client
+                    .server_ready(pb::ServerReadyRequest {})
+                    .await
+                    .map_err(|s| anyhow::anyhow!("ServerReady: {}", s.message()))?;
+                if !r.into_inner().ready {
+                    bail!("server not ready");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends one request, logging the first error, and records it.
+async fn timed(
+    worker: &mut Worker,
+    n: usize,
+    recorder: &Recorder,
+    slot: usize,
+    errors_seen: &AtomicBool,
+) {
+    let start = Instant::now();
+    let result = worker.send(n).await;
+    let latency_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    if let Err(e) = &result
+        && !errors_seen.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("warning: request failed: {e:#}");
+    }
+    recorder.push(
+        slot,
+        Record {
+            latency_ns,
+            ok: result.is_ok(),
+        },
+    );
+}
+
+/// Running load: its recorder, stop flag and tasks.
+pub struct Load {
+    /// Where completed requests are recorded.
+    pub recorder: Recorder,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// Stops the workers; requests still in flight are abandoned (they are not measured).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn connect_all(plan: &Plan, authority: &str, n: usize) -> Result<Vec<Worker>> {
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        workers.push(
+            Worker::connect(plan, authority)
+                .await
+                .with_context(|| format!("worker {i} cannot connect"))?,
+        );
+    }
+    Ok(workers)
+}
+
+/// Starts `concurrency` workers, each keeping one request outstanding.
+pub async fn start_concurrency(plan: &Plan, authority: &str, concurrency: usize) -> Result<Load> {
+    let workers = connect_all(plan, authority, concurrency).await?;
+    let recorder = Recorder::new(concurrency);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors_seen = Arc::new(AtomicBool::new(false));
+    let tasks = workers
+        .into_iter()
+        .enumerate()
+        .map(|(slot, mut worker)| {
+            let (recorder, stop, errors_seen) =
+                (recorder.clone(), stop.clone(), errors_seen.clone());
+            tokio::spawn(async move {
+                let mut n = slot;
+                while !stop.load(Ordering::Relaxed) {
+                    timed(&mut worker, n, &recorder, slot, &errors_seen).await;
+                    n = n.wrapping_add(1);
+                }
+            })
+        })
+        .collect();
+    Ok(Load {
+        recorder,
+        stop,
+        tasks,
+    })
+}
+
+/// Arrival schedule shared by the request-rate workers.
+struct Schedule {
+    next: Instant,
+    index: usize,
+    gap: f64,
+    distribution: Distribution,
+    rng: Rng,
+}
+
+impl Schedule {
+    fn take(&mut self) -> (Instant, usize) {
+        let at = self.next;
+        let gap = match self.distribution {
+            Distribution::Constant => self.gap,
+            Distribution::Poisson => -(1.0 - self.rng.next_f64()).ln() * self.gap,
+        };
+        self.next += Duration::from_secs_f64(gap);
+        self.index += 1;
+        (at, self.index - 1)
+    }
+}
+
+/// Starts request-rate load: requests at `rate`/s, sent by up to `max_in_flight` workers.
+pub async fn start_rate(
+    plan: &Plan,
+    authority: &str,
+    rate: f64,
+    distribution: Distribution,
+    max_in_flight: usize,
+) -> Result<Load> {
+    let workers = connect_all(plan, authority, max_in_flight.max(1)).await?;
+    let recorder = Recorder::new(workers.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors_seen = Arc::new(AtomicBool::new(false));
+    let schedule = Arc::new(Mutex::new(Schedule {
+        next: Instant::now(),
+        index: 0,
+        gap: 1.0 / rate,
+        distribution,
+        rng: Rng::new(0xC0FFEE),
+    }));
+    let tasks = workers
+        .into_iter()
+        .enumerate()
+        .map(|(slot, mut worker)| {
+            let (recorder, stop, errors_seen, schedule) = (
+                recorder.clone(),
+                stop.clone(),
+                errors_seen.clone(),
+                schedule.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (at, n) = schedule
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    tokio::time::sleep_until(at.into()).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    timed(&mut worker, n, &recorder, slot, &errors_seen).await;
+                }
+            })
+        })
+        .collect();
+    Ok(Load {
+        recorder,
+        stop,
+        tasks,
+    })
+}
