@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Throughput and latency of Ferrum with the official tritonclient, beside the raw runtime.
+"""Throughput and latency of Ferrum, each figure beside a floor measured in the same run.
 
 Starts the server binary on free loopback ports over a temporary copy of the example models
-(each MLP twice: as shipped, and with dynamic batching on), drives every (model, batching,
-protocol, concurrency) case for a fixed time from client threads, measures the same network
-run in-process by the runtime's own Python API, and prints a Markdown table with requests/s,
-p50/p99 latency and the ratio served/raw. Traffic stays on 127.0.0.1; every loop is bounded.
+(each MLP twice: as shipped, and with dynamic batching on) and drives every (model, batching,
+protocol, concurrency) case with ferrum-perf, the native load generator (tools/perf), until
+its measurement windows are stable. Floors, measured in the same run: the server's own no-op
+request (`GET /v2/health/ready`, gRPC ServerReady) at the same protocol and concurrency, and
+the network run in-process by the runtime's own Python API at batch 1 and batch 32. The
+Markdown table gives every rate as a ratio to its floor, so it reads the same on any machine.
+Traffic stays on 127.0.0.1; every loop is bounded.
 """
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -17,14 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
 ROOT = Path(__file__).resolve().parent.parent
 # Model name → (runtime for the raw measurement, model file inside the version folder).
@@ -82,61 +83,30 @@ def start_server(binary, repository, backend_dir):
     sys.exit(f"server not ready in 120 s; log in {log.name}")
 
 
-def inputs_for(model, module):
-    if model == "simple":
-        a = np.arange(16, dtype=np.int32).reshape(1, 16)
-        inputs = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
-        inputs[0].set_data_from_numpy(a)
-        inputs[1].set_data_from_numpy(a)
-        return inputs
-    if model.startswith("pytorch_mlp"):
-        x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 32)
-        inputs = [module.InferInput("INPUT__0", [1, 32], "FP32")]
-    else:
-        x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
-        inputs = [module.InferInput("INPUT0", [1, 16], "FP32")]
-    inputs[0].set_data_from_numpy(x)
-    return inputs
+def perf_point(perf, protocol, url, model, concurrency, seconds):
+    """One ferrum-perf measurement: (inferences/s, p50 µs, p99 µs). `model` None: the no-op."""
+    out = tempfile.NamedTemporaryFile(prefix="ferrum-perf-", suffix=".json", delete=False)
+    out.close()
+    window_ms = str(max(200, int(seconds * 1000 / 3)))
+    cmd = [perf, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency),
+           "-p", window_ms, "-r", "6", "--json", out.name]
+    cmd += ["--health"] if model is None else ["-m", model]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            raise RuntimeError(f"ferrum-perf {' '.join(cmd[1:])} failed: {run.stderr.strip()[-500:]}")
+        point = json.loads(Path(out.name).read_text())["results"][0]
+    finally:
+        os.unlink(out.name)
+    if point["errors"]:
+        raise RuntimeError(f"{protocol} {model} c={concurrency}: {point['errors']} errors")
+    return point["throughput"], point["p50_us"], point["p99_us"]
 
 
-def run_case(protocol, url, model, concurrency, seconds):
-    module = httpclient if protocol == "http" else grpcclient
-    latencies, errors = [], []
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def worker():
-        client = module.InferenceServerClient(url)
-        inputs = inputs_for(model, module)
-        local = []
-        try:
-            while time.monotonic() < stop_at:
-                t0 = time.perf_counter()
-                client.infer(model, inputs)
-                local.append(time.perf_counter() - t0)
-        except Exception as exc:  # the run is invalid; reported below
-            errors.append(exc)
-        with lock:
-            latencies.extend(local)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
-    if errors:
-        raise RuntimeError(f"{protocol} {model} c={concurrency}: {errors[0]}")
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-    return len(latencies) / elapsed, pick(0.5), pick(0.99)
-
-
-def raw_throughput(runtime, path: Path, seconds: float):
-    """Batch-1 inferences per second of the runtime's own Python API, in this process."""
+def raw_throughput(runtime, path: Path, seconds: float, batch: int = 1):
+    """Inferences per second of the runtime's own Python API, in this process, one thread."""
     features = 32 if runtime == "torch" else 16  # pytorch_mlp takes 32 features
-    x = np.linspace(-1, 1, features, dtype=np.float32).reshape(1, features)
+    x = np.tile(np.linspace(-1, 1, features, dtype=np.float32), (batch, 1))
     try:
         if runtime == "onnxruntime":
             import onnxruntime as ort
@@ -159,13 +129,14 @@ def raw_throughput(runtime, path: Path, seconds: float):
     start = time.monotonic()
     while time.monotonic() < stop_at:
         run()
-        n += 1
+        n += batch
     return n / (time.monotonic() - start), None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", default="dist/bin/ferrum")
+    parser.add_argument("--perf", default="target/release/ferrum-perf")
     parser.add_argument("--repository", default="model_repository")
     parser.add_argument("--backend-directory", default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -177,33 +148,50 @@ def main():
     models = prepare_repository(Path(args.repository), work)
     proc, ports, log = start_server(args.server, work, args.backend_directory)
     levels = [int(c) for c in args.concurrency.split(",")]
+    protocols = args.protocols.split(",")
     try:
         cpu = platform.processor() or platform.machine()
-        print(f"# ferrum bench: {os.cpu_count()} CPUs ({cpu}), {args.seconds:.0f} s per case, "
-              f"client and server on the same machine (server log: {log})\n")
+        print(f"# ferrum bench: {os.cpu_count()} CPUs ({cpu}), ferrum-perf windows of "
+              f"{args.seconds / 3:.1f} s until stable, load generator and server on the same "
+              f"machine (server log: {log})\n")
         raw = {}
         for name in models:
             if name in MLPS:
                 runtime, file = MLPS[name]
-                raw[name] = raw_throughput(runtime, work / name / "1" / file, args.seconds)
-        print("| model | batching | protocol | concurrency | req/s | p50 ms | p99 ms | served/raw |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+                path = work / name / "1" / file
+                raw[name] = (raw_throughput(runtime, path, args.seconds, 1),
+                             raw_throughput(runtime, path, args.seconds, 32))
+        floor = {}
+        for protocol in protocols:
+            url = f"127.0.0.1:{ports[protocol]}"
+            for c in levels:
+                floor[(protocol, c)] = perf_point(args.perf, protocol, url, None, c, args.seconds)
+        print("| model | batching | protocol | conc. | infer/s | p50 µs | p99 µs | / no-op rate "
+              "| p50 − no-op p50 µs | p99 / p50 | / raw b1 | / raw b32 |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for protocol in protocols:
+            for c in levels:
+                rps, p50, p99 = floor[(protocol, c)]
+                print(f"| (no-op) | | {protocol} | {c} | {rps:.0f} | {p50:.0f} | {p99:.0f} "
+                      f"| 1.00 | 0 | {p99 / p50:.1f} | | |", flush=True)
         for name in models:
             variants = [(name, "off")] + ([(f"{name}_batched", "on")] if name in MLPS else [])
             for served, batching in variants:
-                for protocol in args.protocols.split(","):
+                for protocol in protocols:
                     url = f"127.0.0.1:{ports[protocol]}"
                     for c in levels:
-                        rps, p50, p99 = run_case(protocol, url, served, c, args.seconds)
-                        base = raw.get(name, (None, None))[0]
-                        ratio = f"{rps / base:.2f}" if base else "n/a"
-                        print(f"| {name} | {batching} | {protocol} | {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {ratio} |",
-                              flush=True)
+                        rps, p50, p99 = perf_point(args.perf, protocol, url, served, c, args.seconds)
+                        f_rps, f_p50, _ = floor[(protocol, c)]
+                        b1, b32 = (r[0] for r in raw.get(name, ((None, None), (None, None))))
+                        ratio = lambda base: f"{rps / base:.2f}" if base else "n/a"
+                        print(f"| {name} | {batching} | {protocol} | {c} | {rps:.0f} | {p50:.0f} "
+                              f"| {p99:.0f} | {rps / f_rps:.2f} | {p50 - f_p50:.0f} "
+                              f"| {p99 / p50:.1f} | {ratio(b1)} | {ratio(b32)} |", flush=True)
         print()
-        for name, (rps, problem) in raw.items():
+        for name, ((b1, problem), (b32, _)) in raw.items():
             runtime = MLPS[name][0]
-            print(f"raw in-process {runtime} ({name}, batch 1, one thread): "
-                  + (f"{rps:.0f} inferences/s" if rps else problem))
+            print(f"raw in-process {runtime} ({name}, one thread): "
+                  + (f"batch 1 {b1:.0f}, batch 32 {b32:.0f} inferences/s" if b1 else problem))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
