@@ -11,6 +11,10 @@ pub enum Protocol {
     Http,
     /// KServe v2 gRPC.
     Grpc,
+    /// No network: the inference core runs inside ferrum-perf (like perf_analyzer's
+    /// triton_c_api service kind); needs --model-repository (and --backend-directory).
+    #[value(name = "in-process")]
+    InProcess,
 }
 
 /// How input tensor contents are generated.
@@ -70,9 +74,25 @@ pub struct Args {
     #[arg(short = 'u', long = "url", value_name = "URL")]
     pub url: Option<String>,
 
-    /// Protocol: http or grpc.
-    #[arg(short = 'i', long = "protocol", value_enum, default_value_t = Protocol::Http)]
+    /// Protocol / service kind: http, grpc, or in-process (the inference core runs inside
+    /// ferrum-perf and requests call it directly, with no sockets; needs --model-repository).
+    #[arg(
+        short = 'i',
+        long = "protocol",
+        visible_alias = "service-kind",
+        value_enum,
+        default_value_t = Protocol::Http
+    )]
     pub protocol: Protocol,
+
+    /// Model repository the in-process core serves (-i in-process only).
+    #[arg(long = "model-repository", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
+    /// Folder of backend libraries (<DIR>/<name>/libferrum_<name>.so) for the in-process
+    /// core (-i in-process only; default: the core's default backend folder).
+    #[arg(long = "backend-directory", value_name = "DIR")]
+    pub backend_directory: Option<PathBuf>,
 
     /// Batch size of each request (models with max_batch_size > 0).
     #[arg(
@@ -170,7 +190,8 @@ pub struct Args {
     #[arg(long = "streaming", default_value_t = false)]
     pub streaming: bool,
 
-    /// Measure GET /v2/health/ready (gRPC ServerReady) instead of inference: the client's floor.
+    /// Measure GET /v2/health/ready (gRPC ServerReady, in-process Core::is_ready) instead of
+    /// inference: the client's floor.
     #[arg(long = "health", default_value_t = false)]
     pub health: bool,
 
@@ -215,6 +236,7 @@ impl Args {
         let default = match self.effective_protocol() {
             Protocol::Http => "localhost:8000",
             Protocol::Grpc => "localhost:8001",
+            Protocol::InProcess => return "in-process".to_string(),
         };
         let url = self.url.as_deref().unwrap_or(default);
         let url = url
@@ -222,6 +244,34 @@ impl Args {
             .or_else(|| url.strip_prefix("grpc://"))
             .unwrap_or(url);
         url.trim_end_matches('/').to_string()
+    }
+
+    /// Checks the flags that go with the service kind: --model-repository and
+    /// --backend-directory only (and the first always) in-process; no shared memory or
+    /// streaming in-process.
+    pub fn check_service_kind(&self) -> Result<()> {
+        if self.protocol == Protocol::InProcess {
+            if self.streaming {
+                bail!(
+                    "--streaming is not supported with -i in-process (requests call Core::infer)"
+                );
+            }
+            if self.shared_memory != SharedMemory::None {
+                bail!(
+                    "--shared-memory is not supported with -i in-process: tensors are handed \
+                     to the core in memory already"
+                );
+            }
+            if self.model_repository.is_none() {
+                bail!("-i in-process needs --model-repository DIR");
+            }
+            if self.url.is_some() {
+                eprintln!("warning: -u is ignored with -i in-process");
+            }
+        } else if self.model_repository.is_some() || self.backend_directory.is_some() {
+            bail!("--model-repository and --backend-directory need -i in-process");
+        }
+        Ok(())
     }
 
     /// The sweep points asked for (concurrency 1 when neither range is given).
@@ -328,5 +378,49 @@ mod tests {
         assert_eq!(args.shapes().unwrap(), vec![("IN".to_string(), vec![3, 4])]);
         assert_eq!(args.sweep().unwrap(), Sweep::Concurrency(vec![1, 2, 3]));
         assert_eq!(args.authority(), "localhost:8000");
+        assert!(args.check_service_kind().is_ok());
+    }
+
+    #[test]
+    fn in_process_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["ferrum-perf", "-m", "x"];
+            v.extend(extra);
+            Args::parse_from(v)
+        };
+        let args = parse(&["-i", "in-process", "--model-repository", "/r"]);
+        assert_eq!(args.effective_protocol(), Protocol::InProcess);
+        assert!(args.check_service_kind().is_ok());
+        let args = parse(&["--service-kind", "in-process", "--model-repository", "/r"]);
+        assert_eq!(args.protocol, Protocol::InProcess);
+        assert!(parse(&["-i", "in-process"]).check_service_kind().is_err());
+        assert!(
+            parse(&[
+                "-i",
+                "in-process",
+                "--model-repository",
+                "/r",
+                "--streaming"
+            ])
+            .check_service_kind()
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "-i",
+                "in-process",
+                "--model-repository",
+                "/r",
+                "--shared-memory",
+                "system"
+            ])
+            .check_service_kind()
+            .is_err()
+        );
+        assert!(
+            parse(&["--model-repository", "/r"])
+                .check_service_kind()
+                .is_err()
+        );
     }
 }

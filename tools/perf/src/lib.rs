@@ -1,5 +1,6 @@
 //! ferrum-perf: a native load generator for KServe v2 (Triton-compatible) servers,
-//! doing the job of Triton's perf_analyzer over HTTP (JSON or binary tensors) and gRPC.
+//! doing the job of Triton's perf_analyzer over HTTP (JSON or binary tensors) and gRPC, or
+//! in-process: the ferrum core runs inside this process and requests call it directly.
 
 pub mod cli;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod stats;
 use anyhow::{Context, Result, bail};
 use cli::{Args, Protocol, SharedMemory, Sweep};
 use client::control::Control;
+use client::inprocess::CoreHandle;
 use load::{Load, Plan};
 use measure::{PointResult, Window, is_stable};
 use model::ModelInfo;
@@ -29,12 +31,42 @@ pub async fn run(args: &Args) -> Result<Vec<PointResult>> {
     if args.measurement_interval == 0 || args.max_trials == 0 {
         bail!("--measurement-interval and --max-trials must be positive");
     }
-    let mut control = Control::connect(protocol, &authority).await?;
+    args.check_service_kind()?;
+    let mut control = match protocol {
+        Protocol::InProcess => {
+            let repository = args
+                .model_repository
+                .as_deref()
+                .context("-i in-process needs --model-repository DIR")?;
+            Control::InProcess(
+                CoreHandle::start(repository, args.backend_directory.as_deref()).await?,
+            )
+        }
+        _ => Control::connect(protocol, &authority).await?,
+    };
+    let result = run_with(args, &sweep, &authority, &mut control).await;
+    if let Control::InProcess(core) = &control {
+        core.shutdown().await;
+    }
+    let points = result?;
+    write_outputs(args, &points)?;
+    Ok(points)
+}
+
+async fn run_with(
+    args: &Args,
+    sweep: &Sweep,
+    authority: &str,
+    control: &mut Control,
+) -> Result<Vec<PointResult>> {
+    let protocol = args.effective_protocol();
     let mut shm = None;
     let (plan, model) = if args.health {
-        let plan = match protocol {
-            Protocol::Http => Plan::http_health(),
-            Protocol::Grpc => Plan::GrpcHealth,
+        let plan = match (protocol, &*control) {
+            (Protocol::Http, _) => Plan::http_health(),
+            (Protocol::Grpc, _) => Plan::GrpcHealth,
+            (Protocol::InProcess, Control::InProcess(core)) => Plan::InProcessHealth(core.clone()),
+            (Protocol::InProcess, _) => bail!("in-process health needs an in-process core"),
         };
         (plan, None)
     } else {
@@ -55,28 +87,21 @@ pub async fn run(args: &Args) -> Result<Vec<PointResult>> {
                 args.batch_size,
                 args.output_shared_memory_size,
             )?;
-            layout.register(&mut control).await?;
+            layout.register(control).await?;
             shm = Some(layout);
         }
-        (build_plan(args, &info, &sets, shm.as_ref()), Some(info))
+        (
+            build_plan(args, &info, &sets, shm.as_ref(), control)?,
+            Some(info),
+        )
     };
-    let result = sweep_points(
-        args,
-        &sweep,
-        &plan,
-        &authority,
-        &mut control,
-        model.as_ref(),
-    )
-    .await;
+    let result = sweep_points(args, sweep, &plan, authority, control, model.as_ref()).await;
     if let Some(mut layout) = shm
-        && let Err(e) = layout.cleanup(&mut control).await
+        && let Err(e) = layout.cleanup(control).await
     {
         eprintln!("warning: shared memory cleanup: {e:#}");
     }
-    let points = result?;
-    write_outputs(args, &points)?;
-    Ok(points)
+    result
 }
 
 fn build_plan(
@@ -84,9 +109,22 @@ fn build_plan(
     info: &ModelInfo,
     sets: &[Vec<inputs::InputTensor>],
     shm: Option<&ShmLayout>,
-) -> Plan {
+    control: &Control,
+) -> Result<Plan> {
     let outputs: Vec<String> = info.outputs.iter().map(|o| o.name.clone()).collect();
-    match args.effective_protocol() {
+    Ok(match args.effective_protocol() {
+        Protocol::InProcess => {
+            let Control::InProcess(core) = control else {
+                bail!("in-process requests need an in-process core");
+            };
+            let reqs = sets
+                .iter()
+                .map(|set| {
+                    client::inprocess::infer_request(&info.name, &info.version, set, &outputs)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Plan::InProcess(core.clone(), reqs)
+        }
         Protocol::Http => Plan::Http(
             sets.iter()
                 .map(|set| {
@@ -115,7 +153,7 @@ fn build_plan(
                 Plan::Grpc(reqs)
             }
         }
-    }
+    })
 }
 
 async fn sweep_points(

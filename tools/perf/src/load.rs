@@ -3,6 +3,7 @@
 use crate::cli::Distribution;
 use crate::client::grpc::{self, Client, StreamSession};
 use crate::client::http::{HttpConn, HttpRequest, check};
+use crate::client::inprocess::CoreHandle;
 use crate::inputs::Rng;
 use crate::measure::{Record, Recorder};
 use crate::proto::inference as pb;
@@ -25,6 +26,10 @@ pub enum Plan {
     GrpcStream(Vec<pb::ModelInferRequest>),
     /// gRPC ServerReady (the health floor).
     GrpcHealth,
+    /// Direct `Core::infer` calls on an in-process core.
+    InProcess(CoreHandle, Vec<ferrum_core::server::InferRequest>),
+    /// `Core::is_ready` on an in-process core (the health floor).
+    InProcessHealth(CoreHandle),
 }
 
 impl Plan {
@@ -49,6 +54,10 @@ pub enum Worker {
     Stream(StreamSession, Arc<Vec<pb::ModelInferRequest>>),
     /// gRPC health client.
     Health(Client),
+    /// In-process core.
+    InProcess(CoreHandle, Arc<Vec<ferrum_core::server::InferRequest>>),
+    /// In-process readiness check.
+    InProcessHealth(CoreHandle),
 }
 
 impl Worker {
@@ -69,6 +78,8 @@ impl Worker {
                 )
             }
             Plan::GrpcHealth => Self::Health(grpc::connect(authority).await?),
+            Plan::InProcess(core, reqs) => Self::InProcess(core.clone(), Arc::new(reqs.clone())),
+            Plan::InProcessHealth(core) => Self::InProcessHealth(core.clone()),
         })
     }
 
@@ -98,6 +109,13 @@ impl Worker {
                     bail!("server not ready");
                 }
                 Ok(())
+            }
+            Self::InProcess(core, reqs) => core.infer(reqs[n % reqs.len()].clone()).await,
+            Self::InProcessHealth(core) => {
+                // The check never waits: yield so the workers cannot starve the runtime's
+                // other tasks (the window timer) on a machine with few cores.
+                tokio::task::yield_now().await;
+                core.health()
             }
         }
     }

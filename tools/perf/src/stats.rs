@@ -79,6 +79,22 @@ impl ServerStats {
         s
     }
 
+    /// Sums the inference statistics an in-process core reports.
+    pub fn from_core(stats: &[ferrum_core::stats::ModelStatistics]) -> Self {
+        let mut s = Self::default();
+        for m in stats {
+            let st = &m.inference;
+            s.success_count += st.success.count;
+            s.success_ns += st.success.ns;
+            s.queue_count += st.queue.count;
+            s.queue_ns += st.queue.ns;
+            s.compute_input_ns += st.compute_input.ns;
+            s.compute_infer_ns += st.compute_infer.ns;
+            s.compute_output_ns += st.compute_output.ns;
+        }
+        s
+    }
+
     /// Average per-request durations between `self` (earlier) and `later`.
     pub fn breakdown(&self, later: &Self) -> ServerBreakdown {
         let n = later.success_count.saturating_sub(self.success_count);

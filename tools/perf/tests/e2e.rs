@@ -355,3 +355,106 @@ fn health_floor_and_bad_model() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
 }
+
+/// A temp copy of the `simple` repository and the add_sub backend, for in-process runs.
+fn in_process_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &workspace().join("model_repository/simple"),
+        &dir.path().join("repo/simple"),
+    );
+    let backends = backend_dir(dir.path());
+    let repo = dir.path().join("repo");
+    (dir, repo, backends)
+}
+
+#[test]
+fn in_process_concurrency_sweep() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (dir, repo, backends) = in_process_dirs();
+    let json = dir.path().join("out.json");
+    let csv = dir.path().join("out.csv");
+    let out = perf(&[
+        "-m",
+        "simple",
+        "-i",
+        "in-process",
+        "--model-repository",
+        repo.to_str().unwrap(),
+        "--backend-directory",
+        backends.to_str().unwrap(),
+        "--concurrency-range",
+        "1:2",
+        "-p",
+        "200",
+        "-r",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+        "-f",
+        csv.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferrum-perf failed: {stderr}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{doc}");
+    assert_eq!(results[0]["value"], 1.0);
+    assert_eq!(results[1]["value"], 2.0);
+    for r in results {
+        let f = |k: &str| r[k].as_f64().unwrap();
+        assert!(f("throughput") > 0.0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(f("p50_us") > 0.0);
+        assert!(
+            f("p50_us") <= f("p90_us") && f("p90_us") <= f("p95_us") && f("p95_us") <= f("p99_us"),
+            "{r}"
+        );
+        assert!(r["server"]["requests"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["server"]["compute_infer_us"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("infer/s"), "{stdout}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+}
+
+#[test]
+fn in_process_health_and_refusals() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_dir, repo, backends) = in_process_dirs();
+    let base = [
+        "-i",
+        "in-process",
+        "--model-repository",
+        repo.to_str().unwrap(),
+        "--backend-directory",
+        backends.to_str().unwrap(),
+        "-p",
+        "200",
+        "-r",
+        "3",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--health", "--concurrency-range", "2"]);
+    let out = perf(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("infer/s"));
+    let mut args = base.to_vec();
+    args.extend(["-m", "simple", "--shared-memory", "system"]);
+    let out = perf(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shared-memory"));
+    let mut args = base.to_vec();
+    args.extend(["-m", "nosuch"]);
+    let out = perf(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+}

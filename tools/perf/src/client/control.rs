@@ -2,11 +2,12 @@
 
 use super::grpc::{self, Client};
 use super::http::{HttpConn, model_path};
+use super::inprocess::CoreHandle;
 use crate::cli::Protocol;
 use crate::model::ModelInfo;
 use crate::proto::inference as pb;
 use crate::stats::ServerStats;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 /// A control connection to the server.
@@ -15,6 +16,8 @@ pub enum Control {
     Http(HttpConn),
     /// Over gRPC.
     Grpc(Client),
+    /// Straight to an in-process core.
+    InProcess(CoreHandle),
 }
 
 fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
@@ -27,6 +30,9 @@ impl Control {
         Ok(match protocol {
             Protocol::Http => Self::Http(HttpConn::new(authority)),
             Protocol::Grpc => Self::Grpc(grpc::connect(authority).await?),
+            Protocol::InProcess => {
+                bail!("the in-process service kind has no address: use Control::InProcess")
+            }
         })
     }
 
@@ -70,6 +76,7 @@ impl Control {
                     version,
                 ))
             }
+            Self::InProcess(core) => core.model_info(model, version),
         }
     }
 
@@ -93,6 +100,7 @@ impl Control {
                     .into_inner();
                 Ok(ServerStats::from_proto(&r))
             }
+            Self::InProcess(core) => core.stats(model, version),
         }
     }
 
@@ -117,6 +125,7 @@ impl Control {
                 .map_err(|s| status_err(&format!("cannot register region '{name}'"), s))?;
                 Ok(())
             }
+            Self::InProcess(_) => bail!("shared memory is not supported with -i in-process"),
         }
     }
 
@@ -138,6 +147,7 @@ impl Control {
                 .map_err(|s| status_err(&format!("cannot unregister region '{name}'"), s))?;
                 Ok(())
             }
+            Self::InProcess(_) => bail!("shared memory is not supported with -i in-process"),
         }
     }
 }
