@@ -69,6 +69,12 @@ impl LogSettings {
         *self.output.lock() = Some(output);
     }
 
+    /// Whether some setting of the switches could let this callsite through (every ERROR,
+    /// WARN and INFO; DEBUG and TRACE only for Ferrum's own targets).
+    pub fn could_enable(meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= Level::INFO || meta.target().starts_with("ferrum")
+    }
+
     /// Whether an event passes the switches (DEBUG and TRACE only for Ferrum's own targets).
     pub fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
         let ours = meta.target().starts_with("ferrum");

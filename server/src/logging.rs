@@ -58,15 +58,29 @@ pub fn init(
     ));
     let (layer, handle) = reload::Layer::new(output_layer(format, file)?);
     let reader = Arc::clone(&settings);
-    let filtered = layer.with_filter(filter::filter_fn(move |meta| reader.enabled(meta)));
-    let env = std::env::var("FERRUM_LOG")
-        .ok()
-        .map(tracing_subscriber::EnvFilter::new);
-    tracing_subscriber::registry()
-        .with(filtered)
-        .with(env)
-        .try_init()
-        .map_err(|e| Error::internal(format!("cannot set up logging: {e}")))?;
+    // Callsites the switches can ever turn on stay "sometimes" (asked on each use, so a
+    // change through the logging extension takes effect at once); the rest, such as the
+    // DEBUG/TRACE spans h2, tonic and hyper open per request, are "never", so the registry
+    // does not build them.
+    let filter = filter::dynamic_filter_fn(move |meta, _| reader.enabled(meta))
+        .with_callsite_filter(|meta| {
+            if LogSettings::could_enable(meta) {
+                tracing::subscriber::Interest::sometimes()
+            } else {
+                tracing::subscriber::Interest::never()
+            }
+        });
+    let filtered = layer.with_filter(filter);
+    let registry = tracing_subscriber::registry().with(filtered);
+    // Only with FERRUM_LOG set is an EnvFilter layered on: an absent (`None`) layer would
+    // declare interest in every callsite, undoing the "never" above.
+    let installed = match std::env::var("FERRUM_LOG") {
+        Ok(directives) => registry
+            .with(tracing_subscriber::EnvFilter::new(directives))
+            .try_init(),
+        Err(_) => registry.try_init(),
+    };
+    installed.map_err(|e| Error::internal(format!("cannot set up logging: {e}")))?;
     settings.set_output(Box::new(ReloadOutput(handle)));
     Ok(settings)
 }
