@@ -135,11 +135,7 @@ impl<M: SimpleModel> Instance for SimpleShared<M> {
 
     fn execute(&mut self, requests: Vec<Request>) -> Result<(), BackendError> {
         for request in requests {
-            let mut response = request.response();
-            match guard(|| self.0.respond(&request, &mut response)) {
-                Ok(()) => response.send(true),
-                Err(e) => request.responder().send_error(e, true),
-            }
+            request.respond_with(|response| self.0.respond(&request, response));
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::std_types::RStr;
 
 use crate::ffi::{InferResultBox, RequestBox};
 use crate::response::{OutputTensor, Responder, Response};
@@ -73,6 +73,16 @@ pub struct Parameter {
     pub key: String,
     /// The parameter's value.
     pub value: ParamValue,
+}
+
+impl Parameter {
+    /// Reads a parameter as it crossed the boundary; `None` for a kind this version does not know.
+    pub fn from_ffi(p: &ParamRef<'_>) -> Option<Parameter> {
+        Some(Parameter {
+            key: p.key.as_str().to_string(),
+            value: ParamValue::from_ffi(p)?,
+        })
+    }
 }
 
 /// A sequence correlation id.
@@ -297,13 +307,8 @@ impl Request {
 
     /// The request's parameters, in the order the client sent them.
     pub fn parameters(&self) -> impl Iterator<Item = Parameter> + '_ {
-        (0..self.obj.parameter_count()).filter_map(|i| {
-            let p = self.obj.parameter(i).into_option()?;
-            Some(Parameter {
-                key: p.key.as_str().to_string(),
-                value: ParamValue::from_ffi(&p)?,
-            })
-        })
+        (0..self.obj.parameter_count())
+            .filter_map(|i| Parameter::from_ffi(&self.obj.parameter(i).into_option()?))
     }
 
     /// The request parameter with this key.
@@ -377,6 +382,16 @@ impl Request {
     pub fn respond(&self, result: Result<Vec<OutputTensor>, BackendError>) {
         self.responder().respond(result);
     }
+
+    /// Builds the request's one and only response with `fill` (under a panic guard) and sends
+    /// it, or sends the error `fill` returned.
+    pub fn respond_with(&self, fill: impl FnOnce(&mut Response) -> Result<(), BackendError>) {
+        let mut response = self.response();
+        match crate::guard(|| fill(&mut response)) {
+            Ok(()) => response.send(true),
+            Err(e) => self.responder().send_error(e, true),
+        }
+    }
 }
 
 /// One response of an inference a backend ran through the host.
@@ -406,17 +421,7 @@ impl InferResult {
 
     /// The response's parameters.
     pub fn parameters(&self) -> impl Iterator<Item = Parameter> + '_ {
-        (0..self.obj.parameter_count()).filter_map(|i| {
-            let p = self.obj.parameter(i).into_option()?;
-            Some(Parameter {
-                key: p.key.as_str().to_string(),
-                value: ParamValue::from_ffi(&p)?,
-            })
-        })
+        (0..self.obj.parameter_count())
+            .filter_map(|i| Parameter::from_ffi(&self.obj.parameter(i).into_option()?))
     }
-}
-
-/// Builds the shape slice for the boundary.
-pub(crate) fn shape_ffi(shape: &[i64]) -> RSlice<'_, i64> {
-    RSlice::from_slice(shape)
 }

@@ -1,10 +1,10 @@
 //! The safe side of answering: a request's responder, responses whose output buffers the
 //! server allocates, and an owned output tensor for backends that build outputs first.
 
-use abi_stable::std_types::RStr;
+use abi_stable::std_types::{RSlice, RStr};
 
 use crate::ffi::{self, ResponseBox};
-use crate::request::{ParamValue, Tensor, shape_ffi};
+use crate::request::{ParamValue, Tensor};
 use crate::types::{BackendError, DataType, Memory, RESPONSE_FINAL};
 
 /// Sends the responses of one request. Cheap to clone; clones may be kept after `execute`
@@ -124,7 +124,7 @@ impl Response {
             .add_output(
                 RStr::from_str(name),
                 datatype,
-                shape_ffi(shape),
+                RSlice::from_slice(shape),
                 byte_size,
                 Memory::CPU,
             )

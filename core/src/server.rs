@@ -659,11 +659,6 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
-    /// Whether the model may send several responses.
-    pub fn decoupled(&self) -> bool {
-        self.model.decoupled()
-    }
-
     /// Cancels the request; the stream then ends with the backend's last word or a
     /// cancellation error.
     pub fn cancel(&self) {

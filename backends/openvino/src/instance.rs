@@ -363,11 +363,7 @@ impl OvInstance {
 
     /// Runs one request alone and sends its response.
     fn run_alone(&mut self, request: &Request) {
-        let mut response = request.response();
-        match ferrum_backend_api::guard(|| self.infer_into(request, &mut response)) {
-            Ok(()) => response.send(true),
-            Err(e) => request.responder().send_error(e, true),
-        }
+        request.respond_with(|response| self.infer_into(request, response));
     }
 
     /// Runs checked, joinable requests as one inference, one response each.

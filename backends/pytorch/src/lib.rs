@@ -406,11 +406,7 @@ impl TorchInstance {
 
     /// Runs one request alone and sends its response.
     fn run_alone(&self, request: &Request) {
-        let mut response = request.response();
-        match guard(|| self.infer_into(request, &mut response)) {
-            Ok(()) => response.send(true),
-            Err(e) => request.responder().send_error(e, true),
-        }
+        request.respond_with(|response| self.infer_into(request, response));
     }
 
     /// Runs checked, joinable requests as one `forward()` call, one response each.

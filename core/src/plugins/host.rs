@@ -8,10 +8,11 @@ use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RVec};
 use bytes::Bytes;
 use ferrum_backend_api::{
     BackendError, BufferRef, DataType, Host, HostObj, HostObj_TO, HostRequestBox, HostRequestObj,
-    HostRequestObj_TO, InferResultBox, InferResultObj, InferResultObj_TO, LogLevel, Memory,
-    ParamRef, ParamValue, Parameter, TensorInfo,
+    HostRequestObj_TO, InferResultBox, InferResultObj, InferResultObj_TO, LogLevel, ParamRef,
+    Parameter, TensorInfo,
 };
 
+use crate::scheduler::{host_buffer, tensor_info};
 use crate::server::{Core, InferRequest, InferResponse, InputTensor};
 
 /// The core a host serves inferences with, and the runtime to run them on.
@@ -123,11 +124,8 @@ impl HostRequestObj for HostRequest {
     }
 
     fn add_parameter(&mut self, parameter: ParamRef<'_>) {
-        if let (Some(r), Some(value)) = (self.request.as_mut(), ParamValue::from_ffi(&parameter)) {
-            r.parameters.push(Parameter {
-                key: parameter.key.to_string(),
-                value,
-            });
+        if let Some(r) = self.request.as_mut() {
+            r.parameters.extend(Parameter::from_ffi(&parameter));
         }
     }
 
@@ -194,24 +192,13 @@ impl InferResultObj for InferResult {
         self.response
             .outputs
             .get(index)
-            .map(|o| TensorInfo {
-                name: RStr::from_str(&o.name),
-                datatype: o.datatype,
-                shape: RSlice::from_slice(&o.shape),
-                buffer_count: 1,
-                byte_size: o.data.len() as u64,
-            })
+            .map(|o| tensor_info(&o.name, o.datatype, &o.shape, o.data.len()))
             .into()
     }
 
     fn output_buffer(&self, output: usize, buffer: usize) -> ROption<BufferRef> {
         match (self.response.outputs.get(output), buffer) {
-            (Some(o), 0) => ROption::RSome(BufferRef {
-                ptr: o.data.as_ptr(),
-                len: o.data.len(),
-                memory: Memory::CPU,
-                flags: 0,
-            }),
+            (Some(o), 0) => ROption::RSome(host_buffer(o.data.as_ptr(), o.data.len(), false)),
             _ => ROption::RNone,
         }
     }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::server::InferRequest;
 use crate::stats::{ComputeTimes, ModelStats};
 pub use dynamic_batcher::BatchPolicy;
-pub use request::{ExecClock, Ticket, Work, param_ref};
+pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
 use responder::Destination;
 pub use responder::{Outputs, RequestTiming, ResponseMessage};

@@ -259,20 +259,36 @@ pub fn param_ref(p: &Parameter) -> ParamRef<'_> {
     p.value.to_ffi(&p.key)
 }
 
+/// A one-buffer tensor's description as it crosses the boundary.
+pub fn tensor_info<'a>(
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [i64],
+    byte_size: usize,
+) -> TensorInfo<'a> {
+    TensorInfo {
+        name: RStr::from_str(name),
+        datatype,
+        shape: RSlice::from_slice(shape),
+        buffer_count: 1,
+        byte_size: byte_size as u64,
+    }
+}
+
+/// A host buffer lent to a backend; `shared` when a client may change it meanwhile.
+pub fn host_buffer(ptr: *const u8, len: usize, shared: bool) -> BufferRef {
+    BufferRef {
+        ptr,
+        len,
+        memory: Memory::CPU,
+        flags: if shared { BUFFER_SHARED } else { 0 },
+    }
+}
+
 fn input_buffer(data: &InputData) -> BufferRef {
     match data {
-        InputData::Owned(bytes) => BufferRef {
-            ptr: bytes.as_ptr(),
-            len: bytes.len(),
-            memory: Memory::CPU,
-            flags: 0,
-        },
-        InputData::Shared(shared) => BufferRef {
-            ptr: shared.as_ptr(),
-            len: shared.len(),
-            memory: Memory::CPU,
-            flags: BUFFER_SHARED,
-        },
+        InputData::Owned(bytes) => host_buffer(bytes.as_ptr(), bytes.len(), false),
+        InputData::Shared(shared) => host_buffer(shared.as_ptr(), shared.len(), true),
     }
 }
 
@@ -309,13 +325,7 @@ impl RequestObj for ServerRequest {
         self.request
             .inputs
             .get(index)
-            .map(|t| TensorInfo {
-                name: RStr::from_str(&t.name),
-                datatype: t.datatype,
-                shape: RSlice::from_slice(&t.shape),
-                buffer_count: 1,
-                byte_size: t.data.len() as u64,
-            })
+            .map(|t| tensor_info(&t.name, t.datatype, &t.shape, t.data.len()))
             .into()
     }
 
@@ -560,12 +570,7 @@ impl ResponseObj for ServerResponse {
     }
 
     fn add_parameter(&mut self, parameter: ParamRef<'_>) {
-        if let Some(value) = ParamValue::from_ffi(&parameter) {
-            self.parameters.push(Parameter {
-                key: parameter.key.to_string(),
-                value,
-            });
-        }
+        self.parameters.extend(Parameter::from_ffi(&parameter));
     }
 
     fn send(&mut self, flags: u32) {
