@@ -96,12 +96,17 @@ pub fn request_in_flight(
     handle
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Three distinct ports that were free a moment ago: all three listeners are held at once, so
+/// the kernel cannot hand the same port out twice.
+fn free_ports() -> (u16, u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("free port");
+    let (a, b, c) = (bind(), bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().expect("bound address").port();
+    (port(&a), port(&b), port(&c))
 }
+
+/// How many times a start is retried when another process took one of its ports first.
+const PORT_RETRIES: usize = 5;
 
 /// A running server.
 pub struct Server {
@@ -128,9 +133,24 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        for attempt in 1..=PORT_RETRIES {
+            let mut server = Self::spawn(repo, backend_dir, extra, env);
+            match server.wait_ready() {
+                Ok(()) => return server,
+                // A test running beside this one took a port between the check and the bind.
+                Err(log) if attempt < PORT_RETRIES && log.contains("Address already in use") => {
+                    continue;
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(repo: &Path, backend_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log_dir = tempfile::tempdir().expect("log folder");
         let log = log_dir.path().join("ferrum.log");
-        let (http, grpc, metrics) = (free_port(), free_port(), free_port());
+        let (http, grpc, metrics) = free_ports();
         let child = Command::new(ferrum_bin())
             .arg("--model-repository")
             .arg(repo)
@@ -157,17 +177,16 @@ impl Server {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start ferrum");
-        let mut server = Server {
+        Server {
             child: Some(child),
             http: format!("http://127.0.0.1:{http}"),
             log,
             _log_dir: log_dir,
-        };
-        server.wait_ready();
-        server
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for readiness; on failure, the reason with the server's log.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("{}/v2/health/ready", self.http);
         while Instant::now() < deadline {
@@ -176,18 +195,24 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("ferrum exited early with {status}:\n{}", self.log_text());
+                return Err(format!(
+                    "ferrum exited early with {status}:\n{}",
+                    self.log_text()
+                ));
             }
             if ureq::get(&url)
                 .timeout(Duration::from_secs(2))
                 .call()
                 .is_ok()
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("ferrum did not become ready in 60 s:\n{}", self.log_text());
+        Err(format!(
+            "ferrum did not become ready in 60 s:\n{}",
+            self.log_text()
+        ))
     }
 
     /// The server's log so far.

@@ -16,12 +16,12 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Three distinct ports that were free a moment ago (all three held at once while picked).
+fn free_ports() -> (u16, u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b, c) = (bind(), bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    (port(&a), port(&b), port(&c))
 }
 
 /// A file cargo built for the workspace (`cargo build --workspace` or `make test-build`).
@@ -92,6 +92,17 @@ fn ready(port: u16) -> bool {
 }
 
 fn start_server() -> Server {
+    // Another test process may take a port between the check and the bind: the server then
+    // exits at once, and a start on fresh ports follows.
+    for _ in 0..5 {
+        if let Some(server) = try_start_server() {
+            return server;
+        }
+    }
+    panic!("the server exited at start five times (ports taken?)");
+}
+
+fn try_start_server() -> Option<Server> {
     let binary = built("ferrum");
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
@@ -99,7 +110,7 @@ fn start_server() -> Server {
         &dir.path().join("repo/simple"),
     );
     let backends = backend_dir(dir.path());
-    let (http, grpc, metrics) = (free_port(), free_port(), free_port());
+    let (http, grpc, metrics) = free_ports();
     let child = Command::new(binary)
         .arg("--model-repository")
         .arg(dir.path().join("repo"))
@@ -116,7 +127,7 @@ fn start_server() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server {
+    let mut server = Server {
         child,
         http,
         grpc,
@@ -124,10 +135,13 @@ fn start_server() -> Server {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready(http) {
+        if server.child.try_wait().unwrap().is_some() {
+            return None;
+        }
         assert!(Instant::now() < deadline, "server did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    server
+    Some(server)
 }
 
 fn perf(args: &[&str]) -> Output {
