@@ -40,7 +40,12 @@ pub struct CoreBuilder {
     metrics_interval: Duration,
     /// Whether request latency histograms are kept.
     latency_histograms: bool,
+    /// Most requests waiting per model version (per priority level) where its config sets none.
+    queue_limit: usize,
 }
+
+/// The default bound of a model version's queue where its config sets no `max_queue_size`.
+pub const DEFAULT_QUEUE_LIMIT: usize = 16384;
 
 impl CoreBuilder {
     /// Settings for serving these model repositories, every other setting at its default.
@@ -58,6 +63,7 @@ impl CoreBuilder {
             logging: None,
             metrics_interval: Duration::from_millis(2000),
             latency_histograms: false,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
         }
     }
 
@@ -127,6 +133,14 @@ impl CoreBuilder {
         self
     }
 
+    /// Most requests a model version holds waiting (per priority level) where its config sets
+    /// no `max_queue_size` (default: [`DEFAULT_QUEUE_LIMIT`]); more are refused with "queue
+    /// full".
+    pub fn queue_limit(mut self, requests: usize) -> Self {
+        self.queue_limit = requests.max(1);
+        self
+    }
+
     /// Assembles the core on the current tokio runtime: backends are found on demand and
     /// metrics sampling starts, but no model is loaded yet and the core is not ready; call
     /// [`Core::load_startup_models`] next (or use [`CoreBuilder::start`]).
@@ -148,6 +162,7 @@ impl CoreBuilder {
             plugins,
             self.repositories.clone(),
             self.auto_complete,
+            self.queue_limit,
         ));
         let tracer = Arc::new(Tracer::with_exporter(
             self.trace_settings,

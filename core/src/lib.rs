@@ -17,7 +17,7 @@ pub mod shm;
 pub mod stats;
 pub mod trace;
 
-pub use builder::CoreBuilder;
+pub use builder::{CoreBuilder, DEFAULT_QUEUE_LIMIT};
 pub use error::{Error, ErrorKind, Result};
 pub use repository::ControlMode;
 pub use server::Core;

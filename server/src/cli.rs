@@ -170,6 +170,11 @@ pub struct Args {
     /// Largest request body or gRPC message accepted, in bytes (tritonserver: --http-max-input-size).
     #[arg(long, alias = "http-max-input-size", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_request_size: usize,
+
+    /// Most requests a model version holds waiting (per priority level) where its config sets
+    /// no max_queue_size; more are refused with "queue full" (Ferrum only).
+    #[arg(long, default_value_t = ferrum_core::DEFAULT_QUEUE_LIMIT, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |v| v as usize), value_name = "REQUESTS")]
+    pub max_queue_size: usize,
 }
 
 impl Args {

@@ -65,6 +65,7 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
         .logging(logging)
         .metrics_interval(Duration::from_millis(args.metrics_interval_ms))
         .latency_histograms(args.metrics_option("histogram_latencies") == Some("true"))
+        .queue_limit(args.max_queue_size)
         .build()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

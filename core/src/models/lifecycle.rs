@@ -155,7 +155,7 @@ impl ModelManager {
                 error: Some(error.message.clone()),
                 ..Default::default()
             };
-            self.models.write().insert(name.clone(), record);
+            self.write_table().insert(name.clone(), record);
         }
         let all = explicit.is_none_or(|names| names.iter().any(|n| n == "*"));
         if let Some(names) = explicit.filter(|_| !all) {
@@ -209,7 +209,7 @@ impl ModelManager {
     pub fn unload(&self, name: &str) -> Result<()> {
         let _lifecycle = self.lifecycle.lock();
         let taken = {
-            let mut models = self.models.write();
+            let mut models = self.write_table();
             let record = models
                 .get_mut(name)
                 .ok_or_else(|| Error::not_found(format!("model '{name}' is not loaded")))?;
@@ -305,7 +305,7 @@ impl ModelManager {
         };
         self.mark_loading(name, &fingerprint, &old_versions);
         let prepared = self.prepare(name, dir, config_override.clone(), &fingerprint);
-        let mut models = self.models.write();
+        let mut models = self.write_table();
         let record = models.entry(name.to_string()).or_default();
         record.fingerprint = Some(fingerprint.clone());
         let prepared = match prepared {
@@ -347,6 +347,7 @@ impl ModelManager {
                 *version,
                 path,
                 self.stats.model(name, *version),
+                self.queue_limit,
             );
             let record = match loaded {
                 Ok(live) => {
@@ -408,7 +409,7 @@ impl ModelManager {
             })
             .collect();
         {
-            let mut models = self.models.write();
+            let mut models = self.write_table();
             let record = models.entry(name.to_string()).or_default();
             record.dir = dir.to_path_buf();
             record.config_override = config_override;
@@ -437,7 +438,7 @@ impl ModelManager {
         fingerprint: &Fingerprint,
         old: &BTreeMap<i64, VersionRecord>,
     ) {
-        let mut models = self.models.write();
+        let mut models = self.write_table();
         let record = models.entry(name.to_string()).or_default();
         for (version, fp) in &fingerprint.versions {
             let unchanged = old

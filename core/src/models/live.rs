@@ -209,6 +209,7 @@ impl LiveModel {
         version: i64,
         version_path: &Path,
         stats: Arc<crate::stats::ModelStats>,
+        queue_limit: usize,
     ) -> Result<LiveModel> {
         let config_json = config::to_json(config)?;
         let json_text = config_json.to_string();
@@ -248,7 +249,7 @@ impl LiveModel {
                 index += 1;
             }
         }
-        let scheduler = Scheduler::start(config, instances, Arc::clone(&stats))?;
+        let scheduler = Scheduler::start(config, instances, Arc::clone(&stats), queue_limit)?;
         let inputs = specs(config.input.iter().map(|t| {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
             (

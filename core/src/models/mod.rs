@@ -6,11 +6,13 @@ mod lifecycle;
 mod live;
 mod reshape;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -89,6 +91,66 @@ struct ModelRecord {
     error: Option<String>,
 }
 
+/// What requests are routed by: each model's live versions, a snapshot of the routing table
+/// taken after every change to it, read without a lock.
+#[derive(Default)]
+struct Routes(HashMap<String, ModelRoutes>);
+
+/// One model's live versions in a [`Routes`] snapshot.
+struct ModelRoutes {
+    /// The highest live version.
+    latest: Option<Arc<LiveModel>>,
+    /// Every live version by number.
+    versions: HashMap<i64, Arc<LiveModel>>,
+}
+
+impl Routes {
+    fn of(table: &BTreeMap<String, ModelRecord>) -> Self {
+        Routes(
+            table
+                .iter()
+                .map(|(name, record)| {
+                    let versions: HashMap<i64, Arc<LiveModel>> = record
+                        .versions
+                        .iter()
+                        .filter_map(|(v, r)| r.live.clone().map(|live| (*v, live)))
+                        .collect();
+                    let latest = record.versions.values().rev().find_map(|r| r.live.clone());
+                    (name.clone(), ModelRoutes { latest, versions })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The routing table held for writing; the snapshot requests read is renewed when it is
+/// released.
+struct TableWrite<'a> {
+    /// The table.
+    table: RwLockWriteGuard<'a, BTreeMap<String, ModelRecord>>,
+    /// Where the snapshot goes.
+    routes: &'a ArcSwap<Routes>,
+}
+
+impl Deref for TableWrite<'_> {
+    type Target = BTreeMap<String, ModelRecord>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+impl DerefMut for TableWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.table
+    }
+}
+
+impl Drop for TableWrite<'_> {
+    fn drop(&mut self) {
+        self.routes.store(Arc::new(Routes::of(&self.table)));
+    }
+}
+
 /// Loads models and routes requests to their live versions.
 pub struct ModelManager {
     /// Backend libraries.
@@ -97,8 +159,12 @@ pub struct ModelManager {
     repositories: Vec<PathBuf>,
     /// Whether backends may complete configs from model files.
     auto_complete: bool,
-    /// The routing table.
+    /// Bound of each version's queue where its config sets none.
+    queue_limit: usize,
+    /// The routing table; written through [`ModelManager::write_table`] only.
     models: RwLock<BTreeMap<String, ModelRecord>>,
+    /// What requests route by, renewed after every write to the table.
+    routes: ArcSwap<Routes>,
     /// Versions taken out of the table whose in-flight requests may still be running.
     draining: Mutex<Vec<(String, i64, Weak<LiveModel>)>>,
     /// Serializes loads, unloads and rescans; requests never wait on it.
@@ -109,20 +175,51 @@ pub struct ModelManager {
 
 impl ModelManager {
     /// A manager over these repositories, with nothing loaded yet.
-    pub fn new(plugins: Arc<Plugins>, repositories: Vec<PathBuf>, auto_complete: bool) -> Self {
+    pub fn new(
+        plugins: Arc<Plugins>,
+        repositories: Vec<PathBuf>,
+        auto_complete: bool,
+        queue_limit: usize,
+    ) -> Self {
         ModelManager {
             plugins,
             repositories,
             auto_complete,
+            queue_limit,
             models: RwLock::new(BTreeMap::new()),
+            routes: ArcSwap::from_pointee(Routes::default()),
             draining: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
             stats: Default::default(),
         }
     }
 
+    /// The routing table, held for writing.
+    fn write_table(&self) -> TableWrite<'_> {
+        TableWrite {
+            table: self.models.write(),
+            routes: &self.routes,
+        }
+    }
+
     /// The live model for a request: the given version, or the highest ready one.
     pub fn get(&self, name: &str, version: Option<i64>) -> Result<Arc<LiveModel>> {
+        let routes = self.routes.load();
+        if let Some(model) = routes.0.get(name) {
+            let live = match version {
+                None => model.latest.as_ref(),
+                Some(v) => model.versions.get(&v),
+            };
+            if let Some(live) = live {
+                return Ok(Arc::clone(live));
+            }
+        }
+        self.why_unroutable(name, version)
+    }
+
+    /// The error for a request the snapshot could not route, from the table itself (which
+    /// may have changed since: a version that became ready meanwhile is returned).
+    fn why_unroutable(&self, name: &str, version: Option<i64>) -> Result<Arc<LiveModel>> {
         let models = self.models.read();
         let record = models.get(name).ok_or_else(|| {
             Error::not_found(format!("Request for unknown model: '{name}' is not found"))
@@ -241,7 +338,7 @@ impl ModelManager {
     pub fn unload_all(&self) {
         let _lifecycle = self.lifecycle.lock();
         let drained: Vec<ModelRecord> = {
-            let mut models = self.models.write();
+            let mut models = self.write_table();
             std::mem::take(&mut *models).into_values().collect()
         };
         drop(drained);

@@ -1,15 +1,20 @@
-//! Triton's dynamic batcher. One thread owns the queues (one per priority level); requests
-//! arrive over a channel, instances report when they are free, and the thread cuts a batch
-//! whenever an instance is free and the policy says go: the batch is full, it reaches a
-//! preferred size, or its oldest request has waited `max_queue_delay_microseconds`.
+//! Triton's dynamic batcher, with no thread of its own: the queues (one per priority level)
+//! sit behind one lock, a submitting task pushes a request and wakes a waiting instance, and
+//! each free instance thread cuts its next batch itself when the policy says go: the batch is
+//! full, it reaches a preferred size, or its oldest request has waited
+//! `max_queue_delay_microseconds`. A request thus crosses one thread boundary on its way in.
+//!
+//! With adaptive batching (the model parameter [`ADAPTIVE_BATCHING`]) a batch is also cut
+//! at once when no company is coming: recent arrivals found the model idle, so waiting out
+//! the delay would only add latency.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferrum_backend_api::{DataType, ParamValue};
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::mpsc;
 
 use super::responder::{Destination, ResponseMessage, Sequencer};
@@ -30,22 +35,29 @@ struct LevelPolicy {
     default_timeout: Option<Duration>,
     /// Whether a request's own `timeout` parameter counts.
     allow_override: bool,
-    /// Most requests waiting at this level (0: no limit).
+    /// Most requests waiting at this level.
     max_queue_size: usize,
 }
 
 impl LevelPolicy {
-    fn from_proto(policy: Option<&ModelQueuePolicy>) -> Self {
+    fn from_proto(policy: Option<&ModelQueuePolicy>, queue_limit: usize) -> Self {
         let p = policy.cloned().unwrap_or_default();
         LevelPolicy {
             reject_on_timeout: p.timeout_action != TimeoutAction::Delay as i32,
             default_timeout: (p.default_timeout_microseconds > 0)
                 .then(|| Duration::from_micros(p.default_timeout_microseconds)),
             allow_override: p.allow_timeout_override,
-            max_queue_size: p.max_queue_size as usize,
+            max_queue_size: match p.max_queue_size {
+                0 => queue_limit,
+                n => n as usize,
+            },
         }
     }
 }
+
+/// The model config parameter that turns adaptive batching on (`"true"`) for a model with
+/// `dynamic_batching`.
+pub const ADAPTIVE_BATCHING: &str = "ferrum.adaptive_batching";
 
 /// The batching settings of a model, from its `dynamic_batching` config.
 #[derive(Clone, Debug)]
@@ -62,11 +74,15 @@ pub struct BatchPolicy {
     levels: Vec<LevelPolicy>,
     /// Level index of requests that give no priority.
     default_level: usize,
+    /// Cut at once when recent arrivals say no company is coming.
+    adaptive: bool,
 }
 
 impl BatchPolicy {
     /// The policy a config asks for, or none when the model does not batch dynamically.
-    pub fn from_config(config: &ModelConfig) -> Result<Option<Self>> {
+    /// `queue_limit` bounds every priority level whose queue policy sets no
+    /// `max_queue_size`.
+    pub fn from_config(config: &ModelConfig, queue_limit: usize) -> Result<Option<Self>> {
         let Some(SchedulingChoice::DynamicBatching(db)) = &config.scheduling_choice else {
             return Ok(None);
         };
@@ -104,9 +120,22 @@ impl BatchPolicy {
                     .priority_queue_policy
                     .get(&level)
                     .or(db.default_queue_policy.as_ref());
-                LevelPolicy::from_proto(policy)
+                LevelPolicy::from_proto(policy, queue_limit)
             })
             .collect();
+        let adaptive = match config
+            .parameters
+            .get(ADAPTIVE_BATCHING)
+            .map(|p| p.string_value.trim())
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "model parameter '{ADAPTIVE_BATCHING}' must be \"true\" or \"false\", got \"{other}\""
+                )));
+            }
+        };
         Ok(Some(BatchPolicy {
             max_batch,
             preferred,
@@ -114,6 +143,7 @@ impl BatchPolicy {
             preserve_ordering: db.preserve_ordering,
             levels,
             default_level,
+            adaptive,
         }))
     }
 }
@@ -161,20 +191,83 @@ struct Pending {
     arrived: Instant,
     /// When its queue timeout expires.
     timeout_at: Option<Instant>,
-    /// Priority level index.
-    level: usize,
     /// Its place in the response order.
     seq: u64,
 }
 
-/// The submitting side of a running batcher.
+/// How fast the "arrivals find company" estimate follows new arrivals.
+const COMPANY_WEIGHT: f32 = 1.0 / 8.0;
+
+/// The queues and what the instances know about each other.
+struct State {
+    /// Waiting requests per priority level, oldest first.
+    queues: Vec<VecDeque<Pending>>,
+    /// The entry is closed: drain what is queued, then stop.
+    closing: bool,
+    /// Next arrival's place in the response order.
+    next_seq: u64,
+    /// Batches cut and not yet finished.
+    executing: usize,
+    /// The earliest queue timeout that may reject a request (none: none pending).
+    next_reject: Option<Instant>,
+    /// Moving share of arrivals that found other requests queued or executing.
+    company: f32,
+}
+
+/// What the submitting side and the instance threads share.
+struct Shared {
+    /// The model's name, for messages.
+    model: Arc<str>,
+    /// The policy.
+    policy: BatchPolicy,
+    /// Keeps responses in arrival order when the model asks for it.
+    sequencer: Option<Arc<Sequencer>>,
+    /// The queues.
+    state: Mutex<State>,
+    /// Wakes instances waiting for work.
+    wake: Condvar,
+}
+
+/// The submitting side of a model's batcher; dropping it lets the instances drain the queues
+/// and stop.
 pub struct Handle {
-    /// Requests into the batcher thread.
-    tx: crossbeam_channel::Sender<Pending>,
-    /// The model's policy, for checks done on submit.
-    policy: Arc<BatchPolicy>,
-    /// Requests waiting per level, for the queue size limits.
-    queued: Arc<Vec<AtomicUsize>>,
+    /// The queues.
+    shared: Arc<Shared>,
+}
+
+/// The instance side of a model's batcher.
+#[derive(Clone)]
+pub struct Batches {
+    /// The queues.
+    shared: Arc<Shared>,
+}
+
+/// A new batcher for a model: the handle requests enter through, and the side instances
+/// take batches from.
+pub fn new(model: &str, policy: BatchPolicy) -> (Handle, Batches) {
+    let state = State {
+        queues: policy.levels.iter().map(|_| VecDeque::new()).collect(),
+        closing: false,
+        next_seq: 0,
+        executing: 0,
+        next_reject: None,
+        company: 0.0,
+    };
+    let shared = Arc::new(Shared {
+        model: Arc::from(model),
+        sequencer: policy
+            .preserve_ordering
+            .then(|| Arc::new(Sequencer::default())),
+        policy,
+        state: Mutex::new(state),
+        wake: Condvar::new(),
+    });
+    (
+        Handle {
+            shared: Arc::clone(&shared),
+        },
+        Batches { shared },
+    )
 }
 
 fn int_parameter(request: &InferRequest, key: &str) -> Result<Option<u64>> {
@@ -200,7 +293,7 @@ impl Handle {
         tx: mpsc::UnboundedSender<ResponseMessage>,
         ticket: Ticket,
     ) -> Result<()> {
-        let policy = &self.policy;
+        let policy = &self.shared.policy;
         let level = match int_parameter(&request, "priority")? {
             None | Some(0) => policy.default_level,
             Some(p) if p as usize <= policy.levels.len() && policy.levels.len() > 1 => {
@@ -220,73 +313,63 @@ impl Handle {
             Some(us) if level_policy.allow_override && us > 0 => Some(Duration::from_micros(us)),
             _ => level_policy.default_timeout,
         };
-        let queued = &self.queued[level];
-        let limit = level_policy.max_queue_size;
-        if limit > 0 && queued.fetch_add(1, Ordering::SeqCst) >= limit {
-            queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "request for model '{}' exceeds the maximum queue size ({limit}) of its priority level",
-                    request.model_name
-                ),
-            ));
-        } else if limit == 0 {
-            queued.fetch_add(1, Ordering::SeqCst);
-        }
+        let rows = request
+            .inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .map_or(1, |&b| b.max(1) as usize);
+        let key = BatchKey::of(&request);
         let now = Instant::now();
-        let pending = Pending {
-            rows: request
-                .inputs
-                .first()
-                .and_then(|t| t.shape.first())
-                .map_or(1, |&b| b.max(1) as usize),
-            key: BatchKey::of(&request),
-            request,
-            tx,
-            ticket,
-            arrived: now,
-            timeout_at: timeout.map(|t| now + t),
-            level,
-            seq: 0,
-        };
-        self.tx.send(pending).map_err(|_| {
-            queued.fetch_sub(1, Ordering::SeqCst);
-            Error::unavailable("the model's batcher has stopped")
-        })
+        let timeout_at = timeout.map(|t| now + t);
+        {
+            let mut state = self.shared.state.lock();
+            if state.closing {
+                return Err(Error::unavailable("the model is unloading"));
+            }
+            let limit = level_policy.max_queue_size;
+            if state.queues[level].len() >= limit {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "queue full: model '{}' already holds {limit} waiting requests at this \
+                         priority level (its maximum queue size); retry later",
+                        request.model_name
+                    ),
+                ));
+            }
+            let busy = state.executing > 0 || state.queues.iter().any(|q| !q.is_empty());
+            state.company += COMPANY_WEIGHT * (f32::from(u8::from(busy)) - state.company);
+            if level_policy.reject_on_timeout
+                && let Some(at) = timeout_at
+            {
+                state.next_reject = Some(state.next_reject.map_or(at, |t| t.min(at)));
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.queues[level].push_back(Pending {
+                request,
+                tx,
+                ticket,
+                rows,
+                key,
+                arrived: now,
+                timeout_at,
+                seq,
+            });
+        }
+        self.shared.wake.notify_one();
+        Ok(())
     }
 }
 
-/// Starts the batcher thread in front of the instances.
-pub fn start(
-    model: &str,
-    policy: BatchPolicy,
-    work: crossbeam_channel::Sender<Vec<Work>>,
-    idle: crossbeam_channel::Receiver<()>,
-) -> Result<(Handle, JoinHandle<()>)> {
-    let policy = Arc::new(policy);
-    let queued: Arc<Vec<AtomicUsize>> =
-        Arc::new(policy.levels.iter().map(|_| AtomicUsize::new(0)).collect());
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let batcher = Batcher {
-        sequencer: policy
-            .preserve_ordering
-            .then(|| Arc::new(Sequencer::default())),
-        queues: policy.levels.iter().map(|_| VecDeque::new()).collect(),
-        policy: Arc::clone(&policy),
-        queued: Arc::clone(&queued),
-        next_seq: 0,
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("ferrum-batcher-{model}"))
-        .spawn(move || batcher.run(rx, work, idle))
-        .map_err(|e| {
-            Error::internal(format!("cannot start the batcher of model '{model}': {e}"))
-        })?;
-    Ok((Handle { tx, policy, queued }, thread))
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.state.lock().closing = true;
+        self.shared.wake.notify_all();
+    }
 }
 
-/// What the policy says about the queue right now.
+/// What the policy says about the queues right now.
 enum Decision {
     /// Run these requests as one batch.
     Run(Vec<Pending>),
@@ -296,142 +379,127 @@ enum Decision {
     Idle,
 }
 
-/// The batcher thread's state.
-struct Batcher {
-    /// The policy.
-    policy: Arc<BatchPolicy>,
-    /// Waiting requests per priority level, oldest first.
-    queues: Vec<VecDeque<Pending>>,
-    /// Shared counts of waiting requests per level.
-    queued: Arc<Vec<AtomicUsize>>,
-    /// Keeps responses in arrival order when the model asks for it.
-    sequencer: Option<Arc<Sequencer>>,
-    /// Next arrival's place in the response order.
-    next_seq: u64,
-}
-
-impl Batcher {
-    fn run(
-        mut self,
-        submitted: crossbeam_channel::Receiver<Pending>,
-        work: crossbeam_channel::Sender<Vec<Work>>,
-        idle: crossbeam_channel::Receiver<()>,
-    ) {
-        let mut free = 0usize;
-        let mut closing = false;
+impl Batches {
+    /// Blocks until the policy cuts a batch for the calling instance and returns it, the
+    /// requests whole; none once the handle is gone and the queues are drained. Call
+    /// [`Batches::finished`] after running each batch.
+    pub fn next(&self) -> Option<Vec<Work>> {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
         loop {
             let now = Instant::now();
-            self.expire(now);
-            let mut wake = None;
-            while free > 0 {
-                match self.decide(now, closing) {
-                    Decision::Run(batch) => {
-                        if work.send(self.batch_work(batch)).is_err() {
-                            return;
-                        }
-                        free -= 1;
+            if state.next_reject.is_some_and(|t| t <= now) {
+                shared.expire(&mut state, now);
+            }
+            let decision = shared.decide(&mut state, now);
+            let wake = match decision {
+                Decision::Run(batch) => {
+                    state.executing += 1;
+                    let more = state.queues.iter().any(|q| !q.is_empty());
+                    drop(state);
+                    if more {
+                        // Another free instance may cut the rest.
+                        shared.wake.notify_one();
                     }
-                    Decision::WaitUntil(t) => {
-                        wake = Some(t);
-                        break;
-                    }
-                    Decision::Idle => break,
+                    return Some(batch.into_iter().map(|p| shared.work(p)).collect());
                 }
-            }
-            if closing && self.queues.iter().all(VecDeque::is_empty) {
-                return;
-            }
-            let wake = [wake, self.next_timeout()].into_iter().flatten().min();
-            let wait = wake.map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(Instant::now())
-            });
-            let never = crossbeam_channel::never();
-            let submitted = if closing { &never } else { &submitted };
-            crossbeam_channel::select! {
-                recv(submitted) -> pending => match pending {
-                    Ok(mut pending) => {
-                        pending.seq = self.next_seq;
-                        self.next_seq += 1;
-                        let level = pending.level;
-                        self.queues[level].push_back(pending);
-                    }
-                    Err(_) => closing = true,
-                },
-                recv(idle) -> signal => match signal {
-                    Ok(()) => free += 1,
-                    Err(_) => return,
-                },
-                default(wait) => {}
+                Decision::WaitUntil(t) => Some(t),
+                Decision::Idle if state.closing => return None,
+                Decision::Idle => None,
+            };
+            match [wake, state.next_reject].into_iter().flatten().min() {
+                Some(t) => {
+                    shared.wake.wait_until(&mut state, t);
+                }
+                None => shared.wake.wait(&mut state),
             }
         }
     }
 
-    fn destination(&self, pending: &Pending) -> Destination {
-        Destination {
-            tx: pending.tx.clone(),
-            queued_at: pending.arrived,
-            order: self
-                .sequencer
-                .as_ref()
-                .map(|s| (Arc::clone(s), pending.seq)),
+    /// Tells the batcher the instance finished a batch it was given.
+    pub fn finished(&self) {
+        let mut state = self.shared.state.lock();
+        state.executing = state.executing.saturating_sub(1);
+    }
+}
+
+impl Shared {
+    /// Turns a request cut into a batch into work for an instance: the request stays whole.
+    fn work(&self, p: Pending) -> Work {
+        Work {
+            dest: Destination {
+                tx: p.tx,
+                queued_at: p.arrived,
+                order: self.sequencer.as_ref().map(|s| (Arc::clone(s), p.seq)),
+            },
+            request: p.request,
+            ticket: p.ticket,
         }
+    }
+
+    /// Answers a request that leaves the queue without running.
+    fn refuse(&self, p: Pending, error: Error) {
+        self.work(p).dest.send(ResponseMessage::rejection(error));
     }
 
     /// Answers requests whose queue timeout expired, where the policy rejects them, and
-    /// drops requests their clients cancelled while they waited.
-    fn expire(&mut self, now: Instant) {
-        for level in 0..self.queues.len() {
+    /// drops requests their clients cancelled; runs only when a timeout is due.
+    fn expire(&self, state: &mut State, now: Instant) {
+        let mut next = None::<Instant>;
+        for level in 0..state.queues.len() {
             let reject = self.policy.levels[level].reject_on_timeout;
-            let mut i = 0;
-            while i < self.queues[level].len() {
-                let p = &self.queues[level][i];
+            let queue = std::mem::take(&mut state.queues[level]);
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for p in queue {
                 let cancelled = p.ticket.cancelled.load(Ordering::Relaxed);
                 let expired = reject && p.timeout_at.is_some_and(|t| t <= now);
-                if !(cancelled || expired) {
-                    i += 1;
-                    continue;
-                }
-                if let Some(p) = self.queues[level].remove(i) {
-                    self.queued[level].fetch_sub(1, Ordering::SeqCst);
-                    let error = if cancelled {
-                        Error::cancelled("the request was cancelled while it waited in the queue")
-                    } else {
-                        Error::unavailable(format!(
-                            "request for model '{}' timed out in the queue",
-                            p.request.model_name
-                        ))
-                    };
-                    self.destination(&p).send(ResponseMessage::rejection(error));
+                if cancelled {
+                    self.refuse(p, Error::cancelled(CANCELLED_IN_QUEUE));
+                } else if expired {
+                    let error = Error::unavailable(format!(
+                        "request for model '{}' timed out in the queue",
+                        self.model
+                    ));
+                    self.refuse(p, error);
+                } else {
+                    if reject && let Some(t) = p.timeout_at {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                    kept.push_back(p);
                 }
             }
+            state.queues[level] = kept;
         }
-    }
-
-    /// The earliest queue timeout that will reject a request.
-    fn next_timeout(&self) -> Option<Instant> {
-        self.queues
-            .iter()
-            .zip(&self.policy.levels)
-            .filter(|(_, policy)| policy.reject_on_timeout)
-            .flat_map(|(queue, _)| queue.iter().filter_map(|p| p.timeout_at))
-            .min()
+        state.next_reject = next;
     }
 
     /// Picks the next batch: the oldest request of the highest priority, joined by every
     /// mergeable request behind it (priority order, then arrival) up to `max_batch_size`.
-    fn decide(&mut self, now: Instant, closing: bool) -> Decision {
-        let Some(head_level) = self.queues.iter().position(|q| !q.is_empty()) else {
+    /// The scan stops once the batch is full; requests cancelled at the head of a queue are
+    /// answered on the way.
+    fn decide(&self, state: &mut State, now: Instant) -> Decision {
+        for queue in &mut state.queues {
+            while queue
+                .front()
+                .is_some_and(|p| p.ticket.cancelled.load(Ordering::Relaxed))
+            {
+                if let Some(p) = queue.pop_front() {
+                    self.refuse(p, Error::cancelled(CANCELLED_IN_QUEUE));
+                }
+            }
+        }
+        let Some(head_level) = state.queues.iter().position(|q| !q.is_empty()) else {
             return Decision::Idle;
         };
-        let head = &self.queues[head_level][0];
-        let (key, head_arrived) = (head.key.clone(), head.arrived);
+        let head = &state.queues[head_level][0];
+        let (key, head_arrived) = (&head.key, head.arrived);
         let max = self.policy.max_batch;
         let mut picked: Vec<(usize, usize)> = Vec::new();
         let mut sums = Vec::new();
         let mut total = 0usize;
-        'scan: for (level, queue) in self.queues.iter().enumerate().skip(head_level) {
+        'scan: for (level, queue) in state.queues.iter().enumerate().skip(head_level) {
             for (i, p) in queue.iter().enumerate() {
-                if total + p.rows <= max && p.key == key {
+                if total + p.rows <= max && p.key == *key {
                     picked.push((level, i));
                     total += p.rows;
                     sums.push(total);
@@ -447,13 +515,15 @@ impl Batcher {
             .find(|s| self.policy.preferred.contains(s))
             .copied();
         let deadline = head_arrived + self.policy.max_delay;
+        let closing = state.closing;
+        let alone = self.policy.adaptive && state.executing == 0 && state.company < 0.5;
         let cut = if total == max || closing || self.policy.max_delay.is_zero() {
             preferred
                 .filter(|_| total != max && !closing)
                 .unwrap_or(total)
         } else if let Some(size) = preferred {
             size
-        } else if now >= deadline {
+        } else if now >= deadline || alone {
             total
         } else {
             return Decision::WaitUntil(deadline);
@@ -466,24 +536,14 @@ impl Batcher {
         // Remove from the back so earlier indexes stay valid.
         let mut batch = Vec::with_capacity(picked.len());
         for &(level, i) in picked.iter().rev() {
-            if let Some(p) = self.queues[level].remove(i) {
-                self.queued[level].fetch_sub(1, Ordering::SeqCst);
+            if let Some(p) = state.queues[level].remove(i) {
                 batch.push(p);
             }
         }
         batch.reverse();
         Decision::Run(batch)
     }
-
-    /// Turns a batch into work for an instance: the requests stay whole.
-    fn batch_work(&self, batch: Vec<Pending>) -> Vec<Work> {
-        batch
-            .into_iter()
-            .map(|p| Work {
-                dest: self.destination(&p),
-                request: p.request,
-                ticket: p.ticket,
-            })
-            .collect()
-    }
 }
+
+/// The answer to a request cancelled while it waited.
+const CANCELLED_IN_QUEUE: &str = "the request was cancelled while it waited in the queue";

@@ -1,8 +1,10 @@
 //! Runs requests on a model's instances. Each instance has a thread of its own, so backend
 //! code never runs on the async runtime. Without dynamic batching the instances take requests
-//! straight from a shared queue; with it, a batcher thread owns the queue and hands batches to
-//! whichever instance is free. A batch is a list of whole requests: the backend joins them
-//! itself (see `ferrum_backend_api::batch`), so each keeps its id, parameters and responder.
+//! straight from a shared bounded queue; with it, each free instance cuts its next batch from
+//! the batcher's queues itself. Either way a request crosses one thread boundary on its way to
+//! the backend. A batch is a list of whole requests: the backend joins them itself (see
+//! `ferrum_backend_api::batch`), so each keeps its id, parameters and responder. Every queue is
+//! bounded: a full one refuses a request at once with "queue full" (UNAVAILABLE).
 
 mod dynamic_batcher;
 mod request;
@@ -21,7 +23,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::server::InferRequest;
 use crate::stats::{ComputeTimes, ModelStats};
-pub use dynamic_batcher::BatchPolicy;
+pub use dynamic_batcher::{ADAPTIVE_BATCHING, BatchPolicy};
 pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
 use responder::Destination;
@@ -29,8 +31,8 @@ pub use responder::{Outputs, RequestTiming, ResponseMessage};
 
 /// The way into a model version's instances.
 enum Entry {
-    /// Requests go straight to the instances' shared queue.
-    Direct(crossbeam_channel::Sender<Vec<Work>>),
+    /// Requests go straight to the instances' shared queue (bounded).
+    Direct(crossbeam_channel::Sender<Work>),
     /// Requests go to the dynamic batcher.
     Batched(dynamic_batcher::Handle),
 }
@@ -56,44 +58,45 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts one thread per instance, and a batcher when the config asks for one.
+    /// Starts one thread per instance. `queue_limit` bounds the queue (each priority level's,
+    /// with dynamic batching) wherever the config sets no `max_queue_size`.
     pub fn start(
         config: &ModelConfig,
         instances: Vec<(String, InstanceBox)>,
         stats: Arc<ModelStats>,
+        queue_limit: usize,
     ) -> Result<Self> {
         let model = &config.name;
-        let policy = BatchPolicy::from_config(config)?;
-        let (work_tx, work_rx) = crossbeam_channel::unbounded::<Vec<Work>>();
-        let (idle_tx, idle_rx) = crossbeam_channel::unbounded::<()>();
-        let batching = policy.is_some();
+        let queue_limit = queue_limit.max(1);
+        let policy = BatchPolicy::from_config(config, queue_limit)?;
         let shared = Arc::new(InstanceShared {
             model: Arc::from(model.as_str()),
             decoupled: crate::config::is_decoupled(config),
             batches: config.max_batch_size > 0,
             stats,
         });
-        let mut threads = Vec::with_capacity(instances.len() + 1);
+        let (entry, source) = match policy {
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded::<Work>(queue_limit);
+                (Entry::Direct(tx), Source::Direct(rx))
+            }
+            Some(policy) => {
+                let (handle, batches) = dynamic_batcher::new(model, policy);
+                (Entry::Batched(handle), Source::Batched(batches))
+            }
+        };
+        let mut threads = Vec::with_capacity(instances.len());
         for (name, instance) in instances {
-            let rx = work_rx.clone();
-            let idle = batching.then(|| idle_tx.clone());
+            let source = source.clone();
             let shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
-                .spawn(move || run_instance(instance, rx, idle, shared))
+                .spawn(move || run_instance(instance, source, shared))
                 .map_err(|e| {
                     Error::internal(format!("cannot start a thread for model '{model}': {e}"))
                 })?;
             threads.push(thread);
         }
-        let entry = match policy {
-            None => Entry::Direct(work_tx),
-            Some(policy) => {
-                let (handle, thread) = dynamic_batcher::start(model, policy, work_tx, idle_rx)?;
-                threads.push(thread);
-                Entry::Batched(handle)
-            }
-        };
         Ok(Scheduler {
             entry: Some(entry),
             threads,
@@ -109,17 +112,40 @@ impl Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
         match &self.entry {
             None => return Err(Error::unavailable("model is unloading")),
-            Some(Entry::Direct(queue)) => queue
-                .send(vec![Work {
+            Some(Entry::Direct(queue)) => {
+                let work = Work {
                     request,
                     dest: Destination::single(tx),
                     ticket,
-                }])
-                .map_err(|_| Error::unavailable("model has no running instances"))?,
+                };
+                match queue.try_send(work) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(work)) => {
+                        return Err(Error::unavailable(format!(
+                            "queue full: model '{}' already holds {} waiting requests (its \
+                             maximum queue size); retry later",
+                            work.request.model_name,
+                            queue.capacity().unwrap_or_default()
+                        )));
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        return Err(Error::unavailable("model has no running instances"));
+                    }
+                }
+            }
             Some(Entry::Batched(batcher)) => batcher.submit(request, tx, ticket)?,
         }
         Ok(rx)
     }
+}
+
+/// Where an instance thread takes its work from.
+#[derive(Clone)]
+enum Source {
+    /// The shared queue, one request at a time.
+    Direct(crossbeam_channel::Receiver<Work>),
+    /// The dynamic batcher.
+    Batched(dynamic_batcher::Batches),
 }
 
 impl Drop for Scheduler {
@@ -132,18 +158,19 @@ impl Drop for Scheduler {
     }
 }
 
-fn run_instance(
-    mut instance: InstanceBox,
-    queue: crossbeam_channel::Receiver<Vec<Work>>,
-    idle: Option<crossbeam_channel::Sender<()>>,
-    shared: Arc<InstanceShared>,
-) {
-    loop {
-        if let Some(idle) = &idle {
-            let _ = idle.send(());
+fn run_instance(mut instance: InstanceBox, source: Source, shared: Arc<InstanceShared>) {
+    match source {
+        Source::Direct(queue) => {
+            while let Ok(work) = queue.recv() {
+                execute(&mut instance, vec![work], &shared);
+            }
         }
-        let Ok(batch) = queue.recv() else { return };
-        execute(&mut instance, batch, &shared);
+        Source::Batched(batches) => {
+            while let Some(batch) = batches.next() {
+                execute(&mut instance, batch, &shared);
+                batches.finished();
+            }
+        }
     }
 }
 
