@@ -35,6 +35,17 @@ pub enum Distribution {
     Poisson,
 }
 
+/// When a measurement window ends (perf_analyzer's --measurement-mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MeasurementMode {
+    /// After --measurement-interval milliseconds.
+    #[value(name = "time_windows")]
+    TimeWindows,
+    /// Once --measurement-request-count requests have completed.
+    #[value(name = "count_windows")]
+    CountWindows,
+}
+
 /// How HTTP tensors are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TensorFormat {
@@ -123,7 +134,7 @@ pub struct Args {
     #[arg(long = "max-threads", default_value_t = 16, value_name = "N")]
     pub max_threads: usize,
 
-    /// Length of one measurement window in milliseconds.
+    /// Length of one measurement window in milliseconds (time_windows mode).
     #[arg(
         short = 'p',
         long = "measurement-interval",
@@ -131,6 +142,20 @@ pub struct Args {
         value_name = "MS"
     )]
     pub measurement_interval: u64,
+
+    /// When a window ends: time_windows (after --measurement-interval ms) or count_windows
+    /// (once --measurement-request-count requests have completed).
+    #[arg(long = "measurement-mode", value_enum, default_value_t = MeasurementMode::TimeWindows)]
+    pub measurement_mode: MeasurementMode,
+
+    /// Requests (successful or failed) that complete a window in count_windows mode.
+    #[arg(
+        long = "measurement-request-count",
+        default_value_t = 50,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub measurement_request_count: u64,
 
     /// Stable when the last 3 windows' throughput and latency are within this percent of their average.
     #[arg(
@@ -379,6 +404,31 @@ mod tests {
         assert_eq!(args.sweep().unwrap(), Sweep::Concurrency(vec![1, 2, 3]));
         assert_eq!(args.authority(), "localhost:8000");
         assert!(args.check_service_kind().is_ok());
+    }
+
+    #[test]
+    fn measurement_modes() {
+        let args = Args::parse_from(["ferrum-perf", "-m", "x"]);
+        assert_eq!(args.measurement_mode, MeasurementMode::TimeWindows);
+        assert_eq!(args.measurement_request_count, 50);
+        let args = Args::parse_from([
+            "ferrum-perf",
+            "-m",
+            "x",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "7",
+        ]);
+        assert_eq!(args.measurement_mode, MeasurementMode::CountWindows);
+        assert_eq!(args.measurement_request_count, 7);
+        let bad = |extra: &[&str]| {
+            let mut v = vec!["ferrum-perf", "-m", "x"];
+            v.extend(extra);
+            Args::try_parse_from(v).is_err()
+        };
+        assert!(bad(&["--measurement-request-count", "0"]));
+        assert!(bad(&["--measurement-mode", "counts"]));
     }
 
     #[test]

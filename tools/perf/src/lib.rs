@@ -14,11 +14,11 @@ pub mod shm;
 pub mod stats;
 
 use anyhow::{Context, Result, bail};
-use cli::{Args, Protocol, SharedMemory, Sweep};
+use cli::{Args, MeasurementMode, Protocol, SharedMemory, Sweep};
 use client::control::Control;
 use client::inprocess::CoreHandle;
 use load::{Load, Plan};
-use measure::{PointResult, Window, is_stable};
+use measure::{PointResult, Recorder, Window, WindowSummary, is_stable};
 use model::ModelInfo;
 use shm::ShmLayout;
 use std::time::{Duration, Instant};
@@ -28,8 +28,15 @@ pub async fn run(args: &Args) -> Result<Vec<PointResult>> {
     let sweep = args.sweep()?;
     let protocol = args.effective_protocol();
     let authority = args.authority();
-    if args.measurement_interval == 0 || args.max_trials == 0 {
-        bail!("--measurement-interval and --max-trials must be positive");
+    if args.max_trials == 0 {
+        bail!("--max-trials must be positive");
+    }
+    if args.measurement_mode == MeasurementMode::TimeWindows && args.measurement_interval == 0 {
+        bail!("--measurement-interval must be positive");
+    }
+    if args.measurement_mode == MeasurementMode::CountWindows && args.measurement_request_count == 0
+    {
+        bail!("--measurement-request-count must be positive");
     }
     args.check_service_kind()?;
     let mut control = match protocol {
@@ -207,6 +214,32 @@ async fn snapshot(control: &mut Control, model: Option<&ModelInfo>) -> Option<st
     }
 }
 
+/// Sleeps until at least `count` requests completed since the last drain of `recorder`
+/// (at `start`), looking again when the rate so far says they should be done.
+async fn wait_for_count(recorder: &Recorder, count: u64, start: Instant) {
+    loop {
+        let done = recorder.count() as u64;
+        if done >= count {
+            return;
+        }
+        tokio::time::sleep(next_look(done, count, start.elapsed())).await;
+    }
+}
+
+/// How long to sleep before counting a window's requests again: the time the rest should
+/// take at the rate so far (a quarter of the time so far while none completed), within
+/// 1–50 ms so that a window overshoots its count by little and the counting costs little.
+fn next_look(done: u64, count: u64, elapsed: Duration) -> Duration {
+    const SOONEST: Duration = Duration::from_millis(1);
+    const LATEST: Duration = Duration::from_millis(50);
+    let guess = if done == 0 {
+        elapsed / 4
+    } else {
+        elapsed.mul_f64(count.saturating_sub(done) as f64 / done as f64)
+    };
+    guess.clamp(SOONEST, LATEST)
+}
+
 /// Measures windows until the last three are stable or --max-trials is reached.
 async fn measure_point(
     args: &Args,
@@ -224,7 +257,14 @@ async fn measure_point(
     let mut windows = Vec::new();
     let mut stable = false;
     for _ in 0..args.max_trials {
-        tokio::time::sleep_until((start + interval).into()).await;
+        match args.measurement_mode {
+            MeasurementMode::TimeWindows => {
+                tokio::time::sleep_until((start + interval).into()).await;
+            }
+            MeasurementMode::CountWindows => {
+                wait_for_count(&load.recorder, args.measurement_request_count, start).await;
+            }
+        }
         let records = load.recorder.drain();
         let now = Instant::now();
         windows.push(Window::new(&records, now - start));
@@ -247,6 +287,10 @@ async fn measure_point(
         PointResult::from_window(mode, value, args.batch_size, &merged, args.percentile);
     point.stable = stable;
     point.windows = windows.len();
+    point.window_details = windows
+        .iter()
+        .map(|w| WindowSummary::new(w, args.batch_size))
+        .collect();
     if let (Some(Some(a)), Some(Some(b))) = (snaps.get(snaps.len() - 1 - k), snaps.last()) {
         point.server = Some(a.breakdown(b));
     }
@@ -264,4 +308,41 @@ fn write_outputs(args: &Args, points: &[PointResult]) -> Result<()> {
         report::write(path, &report::svg(points))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_window_looks() {
+        let ms = Duration::from_millis;
+        // Half done after 20 ms: the rest should take 20 ms more.
+        assert_eq!(next_look(25, 50, ms(20)), ms(20));
+        // Nothing done yet: look again after a quarter of the time so far, at least 1 ms.
+        assert_eq!(next_look(0, 50, ms(40)), ms(10));
+        assert_eq!(next_look(0, 50, Duration::ZERO), ms(1));
+        // Slow requests: never more than 50 ms between looks.
+        assert_eq!(next_look(1, 50, ms(1000)), ms(50));
+        assert_eq!(next_look(60, 50, ms(10)), ms(1));
+    }
+
+    #[tokio::test]
+    async fn count_window_waits_for_its_requests() {
+        let recorder = Recorder::new(2);
+        let filler = recorder.clone();
+        let start = Instant::now();
+        let feed = tokio::spawn(async move {
+            for i in 0..10 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                filler.push(
+                    i % 2,
+                    measure::Record::new(start, Instant::now(), None, true),
+                );
+            }
+        });
+        wait_for_count(&recorder, 6, start).await;
+        assert!(recorder.count() >= 6);
+        feed.await.unwrap();
+    }
 }

@@ -1,13 +1,13 @@
 //! Load generation: request plans, connected workers, concurrency and request-rate modes.
 
 use crate::cli::Distribution;
-use crate::client::grpc::{self, Client, StreamSession};
+use crate::client::grpc::{MarkedClient, StreamSession};
 use crate::client::http::{HttpConn, HttpRequest, check};
 use crate::client::inprocess::CoreHandle;
 use crate::inputs::Rng;
-use crate::measure::{Record, Recorder};
+use crate::measure::{Marks, Record, Recorder};
 use crate::proto::inference as pb;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::Method;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,11 +49,11 @@ pub enum Worker {
     /// HTTP/1.1 keep-alive connection.
     Http(HttpConn, Arc<Vec<HttpRequest>>),
     /// gRPC unary client.
-    Grpc(Client, Arc<Vec<pb::ModelInferRequest>>),
+    Grpc(MarkedClient, Arc<Vec<pb::ModelInferRequest>>),
     /// gRPC stream.
     Stream(StreamSession, Arc<Vec<pb::ModelInferRequest>>),
     /// gRPC health client.
-    Health(Client),
+    Health(MarkedClient),
     /// In-process core.
     InProcess(CoreHandle, Arc<Vec<ferrum_core::server::InferRequest>>),
     /// In-process readiness check.
@@ -69,53 +69,67 @@ impl Worker {
                 conn.ensure_connected().await?;
                 Self::Http(conn, Arc::new(reqs.clone()))
             }
-            Plan::Grpc(reqs) => Self::Grpc(grpc::connect(authority).await?, Arc::new(reqs.clone())),
+            Plan::Grpc(reqs) => Self::Grpc(
+                MarkedClient::connect(authority).await?,
+                Arc::new(reqs.clone()),
+            ),
             Plan::GrpcStream(reqs) => {
-                let mut client = grpc::connect(authority).await?;
+                let mut client = MarkedClient::connect(authority).await?;
                 Self::Stream(
                     StreamSession::open(&mut client).await?,
                     Arc::new(reqs.clone()),
                 )
             }
-            Plan::GrpcHealth => Self::Health(grpc::connect(authority).await?),
+            Plan::GrpcHealth => Self::Health(MarkedClient::connect(authority).await?),
             Plan::InProcess(core, reqs) => Self::InProcess(core.clone(), Arc::new(reqs.clone())),
             Plan::InProcessHealth(core) => Self::InProcessHealth(core.clone()),
         })
     }
 
-    /// Sends request number `n` (data set n mod count) and waits for its response.
-    pub async fn send(&mut self, n: usize) -> Result<()> {
+    /// Sends request number `n` (data set n mod count), waits for its response, and returns
+    /// its send/recv–wait marks when the client has them.
+    pub async fn send(&mut self, n: usize) -> Result<Option<Marks>> {
+        // The marks: HTTP, the request's last write and the response's first read on the
+        // socket; gRPC, the request message encoded and the response message about to decode
+        // (h2 writes and reads the bytes in between); in-process, the request built (a clone
+        // of the prepared one) and `Core::infer` returned (the response is released after).
         match self {
             Self::Http(conn, reqs) => {
                 let req = &reqs[n % reqs.len()];
                 let (status, body) = conn.send(req).await?;
-                check(status, &body, &req.path)
+                check(status, &body, &req.path)?;
+                Ok(conn.marks())
             }
             Self::Grpc(client, reqs) => {
-                let req = reqs[n % reqs.len()].clone();
-                client
-                    .model_infer(req)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("ModelInfer: {}", s.message()))?;
-                Ok(())
+                client.model_infer(reqs[n % reqs.len()].clone()).await?;
+                Ok(client.marks())
             }
-            Self::Stream(session, reqs) => session.infer(reqs[n % reqs.len()].clone()).await,
+            Self::Stream(session, reqs) => {
+                session.infer(reqs[n % reqs.len()].clone()).await?;
+                Ok(session.marks())
+            }
             Self::Health(client) => {
-                let r = client
-                    .server_ready(pb::ServerReadyRequest {})
-                    .await
-                    .map_err(|s| anyhow::anyhow!("ServerReady: {}", s.message()))?;
-                if !r.into_inner().ready {
-                    bail!("server not ready");
-                }
-                Ok(())
+                client.server_ready().await?;
+                Ok(client.marks())
             }
-            Self::InProcess(core, reqs) => core.infer(reqs[n % reqs.len()].clone()).await,
+            Self::InProcess(core, reqs) => {
+                let req = reqs[n % reqs.len()].clone();
+                let sent = Instant::now();
+                let response = core.infer(req).await;
+                let answered = Instant::now();
+                drop(response?);
+                Ok(Some(Marks { sent, answered }))
+            }
             Self::InProcessHealth(core) => {
                 // The check never waits: yield so the workers cannot starve the runtime's
                 // other tasks (the window timer) on a machine with few cores.
                 tokio::task::yield_now().await;
-                core.health()
+                let sent = Instant::now();
+                core.health()?;
+                Ok(Some(Marks {
+                    sent,
+                    answered: Instant::now(),
+                }))
             }
         }
     }
@@ -131,19 +145,17 @@ async fn timed(
 ) {
     let start = Instant::now();
     let result = worker.send(n).await;
-    let latency_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    if let Err(e) = &result
-        && !errors_seen.swap(true, Ordering::Relaxed)
-    {
-        eprintln!("warning: request failed: {e:#}");
-    }
-    recorder.push(
-        slot,
-        Record {
-            latency_ns,
-            ok: result.is_ok(),
-        },
-    );
+    let end = Instant::now();
+    let record = match result {
+        Ok(marks) => Record::new(start, end, marks, true),
+        Err(e) => {
+            if !errors_seen.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: request failed: {e:#}");
+            }
+            Record::new(start, end, None, false)
+        }
+    };
+    recorder.push(slot, record);
 }
 
 /// Running load: its recorder, stop flag and tasks.

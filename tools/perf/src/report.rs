@@ -67,6 +67,14 @@ pub fn table(points: &[PointResult]) -> String {
         if let Some((pct, v)) = p.custom_percentile {
             let _ = writeln!(out, "{:>12} p{pct} latency: {v:.0} us", "");
         }
+        if let (Some(sr), Some(wait)) = (p.client_send_recv_us, p.client_wait_us) {
+            let _ = writeln!(
+                out,
+                "{:>12} avg client time: {:.0} us (send/recv {sr:.0} us + response wait {wait:.0} us)",
+                "",
+                sr + wait
+            );
+        }
     }
     out
 }
@@ -82,7 +90,7 @@ fn fmt_value(p: &PointResult) -> String {
 /// perf_analyzer-like CSV: one header row, one row per sweep point.
 pub fn csv(points: &[PointResult]) -> String {
     let mut out = format!(
-        "{},Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,Errors\n",
+        "{},Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,Errors,Client Send/Recv,Client Response Wait\n",
         mode_title(points)
     );
     for p in points {
@@ -91,9 +99,10 @@ pub fn csv(points: &[PointResult]) -> String {
             let server = s.queue_us + s.compute_input_us + s.compute_infer_us + s.compute_output_us;
             format!("{:.0}", (p.avg_us - server).max(0.0))
         });
+        let client = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "{},{:.2},n/a,{network},{},{},{},{},n/a,{:.0},{:.0},{:.0},{:.0},{:.0},{}",
+            "{},{:.2},n/a,{network},{},{},{},{},n/a,{:.0},{:.0},{:.0},{:.0},{:.0},{},{},{}",
             fmt_value(p),
             p.throughput,
             s[0],
@@ -105,7 +114,9 @@ pub fn csv(points: &[PointResult]) -> String {
             p.p95_us,
             p.p99_us,
             p.avg_us,
-            p.errors
+            p.errors,
+            client(p.client_send_recv_us),
+            client(p.client_wait_us)
         );
     }
     out
@@ -229,4 +240,47 @@ pub fn svg(points: &[PointResult]) -> String {
 /// Writes a text file with a clear error.
 pub fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{Record, Window};
+    use std::time::Duration;
+
+    fn point(wait_ns: Option<u64>) -> PointResult {
+        let records: Vec<Record> = (0..4)
+            .map(|_| Record {
+                latency_ns: 100_000,
+                wait_ns,
+                ok: true,
+            })
+            .collect();
+        let w = Window::new(&records, Duration::from_secs(1));
+        PointResult::from_window("concurrency", 2.0, 1, &w, None)
+    }
+
+    #[test]
+    fn client_breakdown_in_table_csv_and_json() {
+        let p = point(Some(30_000));
+        let text = table(std::slice::from_ref(&p));
+        assert!(
+            text.contains("avg client time: 100 us (send/recv 70 us + response wait 30 us)"),
+            "{text}"
+        );
+        let doc = csv(std::slice::from_ref(&p));
+        let rows: Vec<Vec<&str>> = doc.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows[0].len(), rows[1].len());
+        // The perf_analyzer columns keep their places; the breakdown comes last.
+        assert_eq!(rows[0][14], "Errors");
+        assert_eq!(rows[0][15..], ["Client Send/Recv", "Client Response Wait"]);
+        assert_eq!(rows[1][15..], ["70", "30"]);
+        let v: serde_json::Value = serde_json::from_str(&json(&[p]).unwrap()).unwrap();
+        assert_eq!(v["results"][0]["client_send_recv_us"], 70.0);
+        assert_eq!(v["results"][0]["client_wait_us"], 30.0);
+
+        let unsplit = point(None);
+        assert!(!table(std::slice::from_ref(&unsplit)).contains("avg client time"));
+        assert!(csv(std::slice::from_ref(&unsplit)).ends_with(",n/a,n/a\n"));
+    }
 }

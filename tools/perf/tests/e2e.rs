@@ -151,22 +151,64 @@ fn perf(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Checks a point's client breakdown: present, non-negative, and send/recv + response wait
+/// no more than the mean latency (they split it, so they add up to it).
+fn check_breakdown(r: &Value) {
+    let f = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing or not a number: {r}"))
+    };
+    let (send_recv, wait, avg) = (f("client_send_recv_us"), f("client_wait_us"), f("avg_us"));
+    assert!(send_recv >= 0.0 && wait >= 0.0, "{r}");
+    assert!(send_recv + wait <= avg * 1.01 + 1.0, "{r}");
+}
+
+/// Checks the breakdown columns of a CSV report: one per row, numbers that add up to no
+/// more than the Avg latency column (all rounded to whole µs).
+fn check_csv_breakdown(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = rows[0].split(',').collect();
+    assert_eq!(
+        header[header.len() - 2..],
+        ["Client Send/Recv", "Client Response Wait"],
+        "{text}"
+    );
+    for row in &rows[1..] {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), header.len(), "{text}");
+        let col = |name: &str| {
+            cells[header.iter().position(|h| *h == name).unwrap()]
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("{name} is not a number: {text}"))
+        };
+        let (send_recv, wait) = (col("Client Send/Recv"), col("Client Response Wait"));
+        assert!(send_recv >= 0.0 && wait >= 0.0, "{text}");
+        assert!(
+            send_recv + wait <= col("Avg latency") * 1.01 + 2.0,
+            "{text}"
+        );
+    }
+}
+
 /// Runs a sweep with short windows and returns the JSON results (checked for sanity).
 fn sweep(server: &Server, grpc: bool, extra: &[&str], points: usize) -> Vec<Value> {
+    sweep_windows(server, grpc, &["-p", "200", "-r", "3"], extra, points)
+}
+
+/// Runs a sweep with the given window flags and returns the JSON results (checked for
+/// sanity).
+fn sweep_windows(
+    server: &Server,
+    grpc: bool,
+    windows: &[&str],
+    extra: &[&str],
+    points: usize,
+) -> Vec<Value> {
     let json = server.dir.path().join("out.json");
     let url = format!("127.0.0.1:{}", if grpc { server.grpc } else { server.http });
-    let mut args = vec![
-        "-m",
-        "simple",
-        "-u",
-        &url,
-        "-p",
-        "200",
-        "-r",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ];
+    let mut args = vec!["-m", "simple", "-u", &url, "--json", json.to_str().unwrap()];
+    args.extend(windows);
     if grpc {
         args.extend(["-i", "grpc"]);
     }
@@ -191,9 +233,16 @@ fn sweep(server: &Server, grpc: bool, extra: &[&str], points: usize) -> Vec<Valu
             r["server"]["compute_infer_us"].as_f64().unwrap() > 0.0,
             "{r}"
         );
+        check_breakdown(r);
+        assert_eq!(
+            r["window_details"].as_array().unwrap().len() as u64,
+            r["windows"].as_u64().unwrap(),
+            "{r}"
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("infer/s"), "{stdout}");
+    assert!(stdout.contains("avg client time:"), "{stdout}");
     results
 }
 
@@ -240,6 +289,64 @@ fn http_json_concurrency_sweep_with_reports() {
     assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
     assert_eq!(plot.matches(r#"<circle class="p50""#).count(), 2);
     assert_eq!(plot.matches(r#"<circle class="p99""#).count(), 2);
+}
+
+#[test]
+fn count_windows_hold_the_request_count() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server();
+    // A 10-minute interval: were the windows timed, the run would not end in the test's time.
+    let windows = [
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        "40",
+        "-p",
+        "600000",
+        "-r",
+        "4",
+    ];
+    for grpc in [false, true] {
+        let started = Instant::now();
+        let results = sweep_windows(&server, grpc, &windows, &["--concurrency-range", "1:2"], 2);
+        assert!(started.elapsed() < Duration::from_secs(120));
+        for r in &results {
+            let details = r["window_details"].as_array().unwrap();
+            assert!(!details.is_empty() && details.len() <= 4, "{r}");
+            for w in details {
+                let done = w["requests"].as_u64().unwrap() + w["errors"].as_u64().unwrap();
+                assert!(done >= 40, "a window ended before 40 requests: {r}");
+                assert!(w["duration_ms"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(w["throughput"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            // The point reports the last (up to three) windows, 40 requests or more each.
+            let reported = details.len().min(3) as u64;
+            assert!(r["requests"].as_u64().unwrap() >= 40 * reported, "{r}");
+        }
+    }
+}
+
+#[test]
+fn client_breakdown_http_and_grpc() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = start_server();
+    let csv = server.dir.path().join("breakdown.csv");
+    let report = ["-f", csv.to_str().unwrap(), "--concurrency-range", "1:2"];
+    for (grpc, extra) in [
+        (false, &[][..]),
+        (true, &[][..]),
+        (true, &["--streaming"][..]),
+    ] {
+        let mut args = report.to_vec();
+        args.extend(extra);
+        let results = sweep(&server, grpc, &args, 2);
+        for r in &results {
+            check_breakdown(r);
+            // The server's work lies inside the response wait.
+            assert!(r["client_wait_us"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        check_csv_breakdown(&csv);
+    }
 }
 
 #[test]
@@ -432,8 +539,14 @@ fn in_process_concurrency_sweep() {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("infer/s"), "{stdout}");
+    assert!(stdout.contains("avg client time:"), "{stdout}");
+    for r in results {
+        check_breakdown(r);
+        assert!(r["client_wait_us"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(text.lines().count(), 3, "{text}");
+    check_csv_breakdown(&csv);
 }
 
 #[test]

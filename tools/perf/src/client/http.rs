@@ -2,6 +2,7 @@
 
 use crate::cli::TensorFormat;
 use crate::inputs::InputTensor;
+use crate::measure::{Marks, SharedMarks};
 use crate::shm::ShmLayout;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -10,12 +11,93 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// One keep-alive HTTP/1.1 connection that reconnects when it breaks.
 pub struct HttpConn {
     authority: String,
     sender: Option<SendRequest<Full<Bytes>>>,
+    marks: Arc<SharedMarks>,
+}
+
+/// A TCP stream that marks the time of each write that moved bytes (the last one of a request
+/// is when it was out) and of the first read that brought bytes after a write (when the
+/// response began to arrive). An HTTP/1.1 client has one request in flight, so these are
+/// that request's marks.
+struct MarkedStream {
+    inner: TcpStream,
+    marks: Arc<SharedMarks>,
+    awaiting_answer: bool,
+}
+
+impl MarkedStream {
+    fn wrote(&mut self, result: &Poll<io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.marks.mark_sent();
+            self.awaiting_answer = true;
+        }
+    }
+}
+
+impl AsyncRead for MarkedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.awaiting_answer
+            && matches!(result, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+        {
+            this.awaiting_answer = false;
+            this.marks.mark_answered();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for MarkedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// A prepared HTTP request: method, path, body and the binary-header length.
@@ -37,7 +119,13 @@ impl HttpConn {
         Self {
             authority: authority.to_string(),
             sender: None,
+            marks: Arc::new(SharedMarks::new()),
         }
+    }
+
+    /// The marks of the latest request: its last byte written, its response's first byte read.
+    pub fn marks(&self) -> Option<Marks> {
+        self.marks.get()
     }
 
     /// Opens the connection now if it is not open.
@@ -55,6 +143,11 @@ impl HttpConn {
                 .await
                 .with_context(|| format!("cannot connect to {}", self.authority))?;
             stream.set_nodelay(true).context("set TCP_NODELAY")?;
+            let stream = MarkedStream {
+                inner: stream,
+                marks: self.marks.clone(),
+                awaiting_answer: false,
+            };
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .context("HTTP handshake")?;
@@ -227,6 +320,52 @@ pub fn infer_request(
 mod tests {
     use super::*;
     use crate::inputs::Values;
+
+    /// A one-connection HTTP server that answers each request `delay` after reading it.
+    fn slow_server(delay: std::time::Duration, requests: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for _ in 0..requests {
+                let mut head = Vec::new();
+                let mut byte = [0u8];
+                while !head.ends_with(b"\r\n\r\n") {
+                    s.read_exact(&mut byte).unwrap();
+                    head.push(byte[0]);
+                }
+                std::thread::sleep(delay);
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .unwrap();
+            }
+        });
+        authority
+    }
+
+    #[tokio::test]
+    async fn marks_split_at_the_socket() {
+        let delay = std::time::Duration::from_millis(30);
+        let mut conn = HttpConn::new(&slow_server(delay, 2));
+        assert_eq!(conn.marks(), None);
+        let req = HttpRequest {
+            method: Method::GET,
+            path: "/v2/health/ready".into(),
+            body: Bytes::new(),
+            header_len: None,
+        };
+        for _ in 0..2 {
+            let start = std::time::Instant::now();
+            let (status, body) = conn.send(&req).await.unwrap();
+            let end = std::time::Instant::now();
+            assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"ok"[..]));
+            let m = conn.marks().unwrap();
+            // Sent after the call began, answered after the server's delay, before the end.
+            assert!(start <= m.sent && m.answered <= end, "{m:?}");
+            assert!(m.answered - m.sent >= delay, "{m:?}");
+            assert!(m.sent - start < delay && end - m.answered < delay, "{m:?}");
+        }
+    }
 
     #[test]
     fn binary_body_layout() {

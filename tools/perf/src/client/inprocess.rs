@@ -8,7 +8,7 @@ use crate::stats::ServerStats;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use ferrum_backend_api::DataType;
-use ferrum_core::server::{self as core_server, InferRequest};
+use ferrum_core::server::{self as core_server, InferRequest, InferResponse};
 use ferrum_core::{Core, CoreBuilder};
 use std::path::Path;
 use std::sync::Arc;
@@ -98,13 +98,12 @@ impl CoreHandle {
         Ok(ServerStats::from_core(&stats))
     }
 
-    /// Runs one inference and waits for its response.
-    pub async fn infer(&self, request: InferRequest) -> Result<()> {
+    /// Runs one inference and returns its response.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         self.0
             .infer(request)
             .await
-            .map_err(|e| anyhow!("Core::infer: {e}"))?;
-        Ok(())
+            .map_err(|e| anyhow!("Core::infer: {e}"))
     }
 
     /// The in-process floor: whether the core is ready.
