@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ferrum_backend_api::{DataType, ParamValue, Parameter};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use ferrum_core::error::{Error, ErrorKind};
 use ferrum_core::models::RepositoryParameter;
@@ -637,7 +637,74 @@ async fn run_infer(
     Ok(encode_response(response, &plan)?)
 }
 
-/// Splits the body, parses the JSON header and builds the core request.
+/// The JSON part of an infer request, read straight from the body: names borrow from it and
+/// tensor data stays unparsed text until its datatype is known.
+#[derive(serde::Deserialize)]
+struct RequestJson<'a> {
+    /// The request id (a non-string id is ignored).
+    #[serde(default, borrow)]
+    id: Option<IdJson<'a>>,
+    /// Request parameters.
+    #[serde(default)]
+    parameters: Option<Value>,
+    /// The inputs.
+    #[serde(default, borrow)]
+    inputs: Option<Vec<InputJson<'a>>>,
+    /// The requested outputs.
+    #[serde(default)]
+    outputs: Option<Value>,
+}
+
+/// A request id as given.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum IdJson<'a> {
+    /// A string id.
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    /// Anything else.
+    Other(serde::de::IgnoredAny),
+}
+
+/// One input of [`RequestJson`].
+#[derive(serde::Deserialize)]
+struct InputJson<'a> {
+    /// Input name.
+    #[serde(default, borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    /// Datatype name.
+    #[serde(default, borrow)]
+    datatype: Option<std::borrow::Cow<'a, str>>,
+    /// The shape; none inside when it is not a list of integers.
+    #[serde(default)]
+    shape: Option<ShapeJson>,
+    /// Input parameters.
+    #[serde(default)]
+    parameters: Option<Value>,
+    /// Tensor data as JSON text.
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// A shape: a list of integers, or none when the JSON held something else.
+struct ShapeJson(Option<Vec<i64>>);
+
+impl<'de> serde::Deserialize<'de> for ShapeJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            /// Integers.
+            Dims(Vec<i64>),
+            /// Anything else.
+            Other(serde::de::IgnoredAny),
+        }
+        Ok(ShapeJson(match Either::deserialize(d)? {
+            Either::Dims(dims) => Some(dims),
+            Either::Other(_) => None,
+        }))
+    }
+}
+
 /// Splits an infer request body (JSON, or JSON then binary tensor data), parses it and
 /// builds the core request; also returns how each output is to be encoded.
 pub fn decode_request(
@@ -663,53 +730,44 @@ pub fn decode_request(
     };
     let json_part = body.slice(..header_len);
     let mut binary = body.slice(header_len..);
-    let root: Value = serde_json::from_slice(&json_part)
+    let root: RequestJson<'_> = serde_json::from_slice(&json_part)
         .map_err(|e| Error::invalid(format!("failed to parse the request JSON: {e}")))?;
-    let root = root
-        .as_object()
-        .ok_or_else(|| Error::invalid("the request JSON must be an object"))?;
 
-    let mut parameters = parse_parameters(root.get("parameters"), "request")?;
+    let mut parameters = parse_parameters(root.parameters.as_ref(), "request")?;
     let default_binary = take_bool(&mut parameters, "binary_data_output");
     let inputs_json = root
-        .get("inputs")
-        .and_then(Value::as_array)
+        .inputs
         .ok_or_else(|| Error::invalid("the request has no 'inputs' array"))?;
     let mut inputs = Vec::with_capacity(inputs_json.len());
     for input in inputs_json {
         let name = input
-            .get("name")
-            .and_then(Value::as_str)
+            .name
             .ok_or_else(|| Error::invalid("an input has no 'name'"))?
-            .to_string();
+            .into_owned();
         let datatype_name = input
-            .get("datatype")
-            .and_then(Value::as_str)
+            .datatype
             .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'datatype'")))?;
-        let datatype = DataType::from_name(datatype_name).ok_or_else(|| {
+        let datatype = DataType::from_name(&datatype_name).ok_or_else(|| {
             Error::invalid(format!(
                 "input '{name}' has unknown datatype '{datatype_name}'"
             ))
         })?;
         let shape = input
-            .get("shape")
-            .and_then(Value::as_array)
+            .shape
             .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'shape' array")))?
-            .iter()
-            .map(|d| d.as_i64())
-            .collect::<Option<Vec<i64>>>()
+            .0
             .ok_or_else(|| {
                 Error::invalid(format!(
                     "input '{name}' has a shape that is not a list of integers"
                 ))
             })?;
-        let input_params = parse_parameters(input.get("parameters"), &format!("input '{name}'"))?;
+        let input_params = parse_parameters(input.parameters.as_ref(), &format!("input '{name}'"))?;
         let binary_size = input_params
             .iter()
             .find(|p| p.key.as_str() == "binary_data_size");
         let from_shm = shm.input_bytes(&name, &input_params)?;
-        let data = match (binary_size, input.get("data")) {
-            _ if from_shm.is_some() && (binary_size.is_some() || input.get("data").is_some()) => {
+        let data = match (binary_size, input.data) {
+            _ if from_shm.is_some() && (binary_size.is_some() || input.data.is_some()) => {
                 return Err(Error::invalid(format!(
                     "input '{name}' names a shared memory region and also carries data"
                 )));
@@ -731,7 +789,9 @@ pub fn decode_request(
                 }
                 binary.split_to(size).into()
             }
-            (None, Some(data)) => Bytes::from(tensor_json::decode(&name, datatype, data)?).into(),
+            (None, Some(data)) => {
+                Bytes::from(tensor_json::decode_text(&name, datatype, data.get())?).into()
+            }
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
                     "input '{name}' has both 'data' and binary_data_size"
@@ -754,7 +814,7 @@ pub fn decode_request(
     }
     let mut named = Vec::new();
     let mut delivery = Vec::new();
-    if let Some(outputs) = root.get("outputs") {
+    if let Some(outputs) = &root.outputs {
         let outputs = outputs
             .as_array()
             .ok_or_else(|| Error::invalid("'outputs' must be an array"))?;
@@ -775,11 +835,10 @@ pub fn decode_request(
             named.push((name, binary));
         }
     }
-    let id = root
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let id = match root.id {
+        Some(IdJson::Text(id)) => id.into_owned(),
+        _ => String::new(),
+    };
     let request = InferRequest {
         model_name: model,
         model_version: version,
@@ -848,55 +907,125 @@ fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>
         .collect()
 }
 
-fn parameters_json(parameters: &[Parameter]) -> Map<String, Value> {
-    parameters
-        .iter()
-        .filter_map(|p| {
-            let v = match &p.value {
-                ParamValue::Bool(b) => json!(b),
-                ParamValue::Int(i) => json!(i),
-                ParamValue::Double(d) => json!(d),
-                ParamValue::Str(s) => json!(s.as_str()),
-                _ => return None,
-            };
-            Some((p.key.to_string(), v))
-        })
-        .collect()
+/// An infer response's JSON, written straight from the response (no JSON values built).
+#[derive(serde::Serialize)]
+struct ResponseJson<'a> {
+    /// The model that answered.
+    model_name: &'a str,
+    /// Its version, as a string.
+    #[serde(serialize_with = "as_text")]
+    model_version: i64,
+    /// The request id, when there is one.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    /// Response parameters, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ParametersJson<'a>>,
+    /// The outputs.
+    outputs: Vec<OutputJson<'a>>,
+}
+
+/// One output of [`ResponseJson`].
+#[derive(serde::Serialize)]
+struct OutputJson<'a> {
+    /// Output name.
+    name: &'a str,
+    /// Datatype name.
+    datatype: &'static str,
+    /// Its shape.
+    shape: &'a [i64],
+    /// Where the data is instead (binary part, shared memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<OutputParamsJson<'a>>,
+    /// The data as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<tensor_json::TensorJson<'a>>,
+}
+
+/// The parameters of an output whose data is not in the JSON.
+#[derive(serde::Serialize)]
+struct OutputParamsJson<'a> {
+    /// The shared memory region written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_memory_region: Option<&'a str>,
+    /// Bytes written into it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_memory_byte_size: Option<usize>,
+    /// Size of the output's binary part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_data_size: Option<usize>,
+}
+
+/// Parameters as a JSON object (kinds JSON cannot carry are left out).
+struct ParametersJson<'a>(&'a [Parameter]);
+
+impl serde::Serialize for ParametersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for p in self.0 {
+            let key = p.key.as_str();
+            match &p.value {
+                ParamValue::Bool(b) => map.serialize_entry(key, b)?,
+                ParamValue::Int(i) => map.serialize_entry(key, i)?,
+                ParamValue::Double(d) => map.serialize_entry(key, d)?,
+                ParamValue::Str(s) => map.serialize_entry(key, s.as_str())?,
+                _ => {}
+            }
+        }
+        map.end()
+    }
+}
+
+fn as_text<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Encodes a response as JSON, or JSON followed by binary output data.
 fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Response, Error> {
     let mut binary_parts = Vec::new();
     let mut outputs = Vec::with_capacity(response.outputs.len());
-    for output in response.outputs {
-        let mut entry = json!({
-            "name": output.name,
-            "datatype": output.datatype.to_string(),
-            "shape": output.shape,
-        });
-        if let Some((region, size)) = &output.shm {
-            entry["parameters"] =
-                json!({ "shared_memory_region": region, "shared_memory_byte_size": size });
+    for output in &response.outputs {
+        let (parameters, data) = if let Some((region, size)) = &output.shm {
+            let parameters = OutputParamsJson {
+                shared_memory_region: Some(region),
+                shared_memory_byte_size: Some(*size),
+                binary_data_size: None,
+            };
+            (Some(parameters), None)
         } else if plan.binary(&output.name) {
-            entry["parameters"] = json!({ "binary_data_size": output.data.len() });
-            binary_parts.push(output.data);
+            binary_parts.push(output.data.clone());
+            let parameters = OutputParamsJson {
+                shared_memory_region: None,
+                shared_memory_byte_size: None,
+                binary_data_size: Some(output.data.len()),
+            };
+            (Some(parameters), None)
         } else {
-            entry["data"] = tensor_json::encode(output.datatype, &output.data)?;
-        }
-        outputs.push(entry);
+            let data = tensor_json::TensorJson {
+                datatype: output.datatype,
+                data: &output.data,
+            };
+            (None, Some(data))
+        };
+        outputs.push(OutputJson {
+            name: &output.name,
+            datatype: output.datatype.name().unwrap_or("UNKNOWN"),
+            shape: &output.shape,
+            parameters,
+            data,
+        });
     }
-    let mut root = json!({
-        "model_name": response.model_name,
-        "model_version": response.model_version.to_string(),
-        "outputs": outputs,
-    });
-    if !response.id.is_empty() {
-        root["id"] = json!(response.id);
-    }
-    if !response.parameters.is_empty() {
-        root["parameters"] = Value::Object(parameters_json(&response.parameters));
-    }
-    let json_bytes = serde_json::to_vec(&root).map_err(|e| Error::internal(e.to_string()))?;
+    let root = ResponseJson {
+        model_name: &response.model_name,
+        model_version: response.model_version,
+        id: &response.id,
+        parameters: (!response.parameters.is_empty())
+            .then_some(ParametersJson(&response.parameters)),
+        outputs,
+    };
+    let mut json_bytes = Vec::with_capacity(256);
+    serde_json::to_writer(&mut json_bytes, &root).map_err(|e| Error::internal(e.to_string()))?;
     if binary_parts.is_empty() {
         return Ok(([(header::CONTENT_TYPE, "application/json")], json_bytes).into_response());
     }
