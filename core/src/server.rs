@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferrum_backend_api::{DataType, Parameter};
-use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::models::{IndexEntry, LiveModel, ModelManager, RepositoryParameter};
 use crate::repository::ControlMode;
-use crate::scheduler::{RequestTiming, ResponseMessage, Ticket};
+use crate::scheduler::{RequestTiming, ResponseRx, Ticket};
 use crate::stats::{FailureReason, ModelStatistics, ModelStats};
 use crate::trace::TraceSettings;
 
@@ -639,7 +638,7 @@ pub struct ResponseStream {
     /// The model version that runs the request.
     model: Arc<LiveModel>,
     /// Responses from the scheduler.
-    rx: mpsc::UnboundedReceiver<ResponseMessage>,
+    rx: ResponseRx,
     /// Cancellation and output delivery.
     ticket: Ticket,
     /// The request's statistics record.

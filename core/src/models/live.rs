@@ -307,7 +307,7 @@ impl LiveModel {
         &self,
         request: InferRequest,
         ticket: crate::scheduler::Ticket,
-    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<crate::scheduler::ResponseMessage>> {
+    ) -> Result<crate::scheduler::ResponseRx> {
         match &self.engine {
             Some(engine) => engine.scheduler.submit(request, ticket),
             None => Err(Error::unavailable(format!(

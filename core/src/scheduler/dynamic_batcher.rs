@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use ferrum_backend_api::{DataType, ParamValue};
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::mpsc;
 
 use super::responder::{Destination, ResponseMessage, Sequencer};
-use super::{Ticket, Work};
+use super::{ResponseTx, Ticket, Work};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::inference::ModelQueuePolicy;
@@ -180,7 +179,7 @@ struct Pending {
     /// The request.
     request: InferRequest,
     /// Where its responses go.
-    tx: mpsc::UnboundedSender<ResponseMessage>,
+    tx: ResponseTx,
     /// Cancellation and output delivery.
     ticket: Ticket,
     /// Its batch size.
@@ -287,12 +286,7 @@ fn int_parameter(request: &InferRequest, key: &str) -> Result<Option<u64>> {
 
 impl Handle {
     /// Queues a request, or refuses it when its priority is invalid or its queue is full.
-    pub fn submit(
-        &self,
-        request: InferRequest,
-        tx: mpsc::UnboundedSender<ResponseMessage>,
-        ticket: Ticket,
-    ) -> Result<()> {
+    pub fn submit(&self, request: InferRequest, tx: ResponseTx, ticket: Ticket) -> Result<()> {
         let policy = &self.shared.policy;
         let level = match int_parameter(&request, "priority")? {
             None | Some(0) => policy.default_level,

@@ -6,6 +6,7 @@
 //! `ferrum_backend_api::batch`), so each keeps its id, parameters and responder. Every queue is
 //! bounded: a full one refuses a request at once with "queue full" (UNAVAILABLE).
 
+mod channel;
 mod dynamic_batcher;
 mod request;
 mod responder;
@@ -17,12 +18,12 @@ use std::time::Instant;
 
 use abi_stable::std_types::RVec;
 use ferrum_backend_api::InstanceBox;
-use tokio::sync::mpsc;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::server::InferRequest;
 use crate::stats::{ComputeTimes, ModelStats};
+pub use channel::{ResponseRx, ResponseTx};
 pub use dynamic_batcher::{ADAPTIVE_BATCHING, BatchPolicy};
 pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
@@ -104,12 +105,8 @@ impl Scheduler {
     }
 
     /// Queues a request; its responses arrive on the returned channel.
-    pub fn submit(
-        &self,
-        request: InferRequest,
-        ticket: Ticket,
-    ) -> Result<mpsc::UnboundedReceiver<ResponseMessage>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn submit(&self, request: InferRequest, ticket: Ticket) -> Result<ResponseRx> {
+        let (tx, rx) = channel::responses();
         match &self.entry {
             None => return Err(Error::unavailable("model is unloading")),
             Some(Entry::Direct(queue)) => {

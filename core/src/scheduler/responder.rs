@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use ferrum_backend_api::Parameter;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+
+use super::channel::ResponseTx;
 
 use crate::error::{Error, Result};
 use crate::server::OutputData;
@@ -74,23 +75,11 @@ struct SequencerState {
     /// Sequence number whose responses go out now.
     next: u64,
     /// Held responses by sequence number: channel, messages, final seen.
-    waiting: BTreeMap<
-        u64,
-        (
-            mpsc::UnboundedSender<ResponseMessage>,
-            Vec<ResponseMessage>,
-            bool,
-        ),
-    >,
+    waiting: BTreeMap<u64, (ResponseTx, Vec<ResponseMessage>, bool)>,
 }
 
 impl Sequencer {
-    fn deliver(
-        &self,
-        seq: u64,
-        tx: &mpsc::UnboundedSender<ResponseMessage>,
-        message: ResponseMessage,
-    ) {
+    fn deliver(&self, seq: u64, tx: &ResponseTx, message: ResponseMessage) {
         let mut state = self.state.lock();
         let is_final = message.is_final;
         let entry = state
@@ -119,7 +108,7 @@ impl Sequencer {
 /// Where one request's responses go.
 pub struct Destination {
     /// The request's channel.
-    pub tx: mpsc::UnboundedSender<ResponseMessage>,
+    pub tx: ResponseTx,
     /// When the request entered the queue.
     pub queued_at: Instant,
     /// Its place in the response order, when the model preserves ordering.
@@ -128,7 +117,7 @@ pub struct Destination {
 
 impl Destination {
     /// A destination that takes whole responses, in any order.
-    pub fn single(tx: mpsc::UnboundedSender<ResponseMessage>) -> Self {
+    pub fn single(tx: ResponseTx) -> Self {
         Destination {
             tx,
             queued_at: Instant::now(),
@@ -154,8 +143,8 @@ mod tests {
     #[test]
     fn sequencer_releases_in_order() {
         let sequencer = Sequencer::default();
-        let (tx0, mut rx0) = mpsc::unbounded_channel();
-        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx0, mut rx0) = crate::scheduler::channel::responses();
+        let (tx1, mut rx1) = crate::scheduler::channel::responses();
         let msg = || ResponseMessage {
             result: Ok(Some(Outputs::default())),
             is_final: true,
@@ -163,9 +152,12 @@ mod tests {
             rejected: false,
         };
         sequencer.deliver(1, &tx1, msg());
-        assert!(rx1.try_recv().is_err(), "request 1 must wait for request 0");
+        assert!(
+            rx1.try_recv().is_none(),
+            "request 1 must wait for request 0"
+        );
         sequencer.deliver(0, &tx0, msg());
-        assert!(rx0.try_recv().is_ok());
-        assert!(rx1.try_recv().is_ok());
+        assert!(rx0.try_recv().is_some());
+        assert!(rx1.try_recv().is_some());
     }
 }
