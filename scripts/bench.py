@@ -2,9 +2,11 @@
 """Throughput and latency of Ferrum, each figure beside a floor measured in the same run.
 
 Starts the server binary on free loopback ports over a temporary copy of the example models
-(each MLP twice: as shipped, and with dynamic batching on) and drives every (model, batching,
-protocol, concurrency) case with ferrum-perf, the native load generator (tools/perf), until
-its measurement windows are stable. Floors, measured in the same run: the server's own no-op
+(each MLP three times: as shipped, with dynamic batching on, and with Ferrum's adaptive
+batching on top) and drives every (model, batching, protocol, concurrency) case with
+ferrum-perf, the native load generator (tools/perf), until its measurement windows are stable.
+Then a soak: `simple` over HTTP at concurrency 64 for --soak-seconds, with the server's
+resident memory sampled throughout, to show that memory stays flat. Floors, measured in the same run: the server's own no-op
 request (`GET /v2/health/ready`, gRPC ServerReady) at the same protocol and concurrency, and
 the network run in-process by the runtime's own Python API at batch 1 and batch 32. The
 Markdown table gives every rate as a ratio to its floor, so it reads the same on any machine.
@@ -35,6 +37,9 @@ MLPS = {
     "pytorch_mlp": ("torch", "model.pt"),
 }
 BATCHING = "\ndynamic_batching { max_queue_delay_microseconds: 200 }\n"
+ADAPTIVE = 'parameters { key: "ferrum.adaptive_batching" value: { string_value: "true" } }\n'
+# Batching variant → (model name suffix, config text added).
+VARIANTS = {"off": ("", ""), "on": ("_batched", BATCHING), "adaptive": ("_adaptive", BATCHING + ADAPTIVE)}
 
 
 def free_port():
@@ -44,7 +49,8 @@ def free_port():
 
 
 def prepare_repository(source: Path, target: Path) -> list:
-    """Copies simple and the MLPs, adding a `<mlp>_batched` twin with dynamic batching."""
+    """Copies simple and the MLPs, adding `<mlp>_batched` (dynamic batching) and
+    `<mlp>_adaptive` (adaptive batching) twins."""
     models = []
     for name in ["simple", *MLPS]:
         if not (source / name).is_dir():
@@ -52,10 +58,13 @@ def prepare_repository(source: Path, target: Path) -> list:
         shutil.copytree(source / name, target / name)
         models.append(name)
         if name in MLPS:
-            twin = target / f"{name}_batched"
-            shutil.copytree(source / name, twin)
-            config = (twin / "config.pbtxt").read_text().replace(f'"{name}"', f'"{name}_batched"')
-            (twin / "config.pbtxt").write_text(config + BATCHING)
+            for suffix, extra in VARIANTS.values():
+                if not suffix:
+                    continue
+                twin = target / f"{name}{suffix}"
+                shutil.copytree(source / name, twin)
+                config = (twin / "config.pbtxt").read_text().replace(f'"{name}"', f'"{name}{suffix}"')
+                (twin / "config.pbtxt").write_text(config + extra)
     return models
 
 
@@ -103,6 +112,38 @@ def perf_point(perf, protocol, url, model, concurrency, seconds):
     return point["throughput"], point["p50_us"], point["p99_us"]
 
 
+def rss_kib(pid: int) -> int:
+    """The process's resident memory in KiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def soak(perf, url, pid, concurrency, seconds):
+    """Drives `simple` for `seconds` while sampling the server's memory; returns
+    (inferences/s, errors, [(t, RSS KiB)])."""
+    out = tempfile.NamedTemporaryFile(prefix="ferrum-soak-", suffix=".json", delete=False)
+    out.close()
+    cmd = [perf, "-i", "http", "-u", url, "-m", "simple", "--concurrency-range", str(concurrency),
+           "-p", str(int(seconds * 1000)), "-r", "1", "-s", "1000", "--json", out.name]
+    load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    samples, start = [], time.monotonic()
+    try:
+        while load.poll() is None and time.monotonic() - start < seconds + 120:
+            samples.append((time.monotonic() - start, rss_kib(pid)))
+            time.sleep(min(5.0, seconds / 24))
+        _, err = load.communicate(timeout=120)
+        if load.returncode != 0:
+            raise RuntimeError(f"soak run failed: {err.strip()[-500:]}")
+        point = json.loads(Path(out.name).read_text())["results"][0]
+    finally:
+        if load.poll() is None:
+            load.kill()
+        os.unlink(out.name)
+    return point["throughput"], point["errors"], samples
+
+
 def raw_throughput(runtime, path: Path, seconds: float, batch: int = 1):
     """Inferences per second of the runtime's own Python API, in this process, one thread."""
     features = 32 if runtime == "torch" else 16  # pytorch_mlp takes 32 features
@@ -142,6 +183,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--soak-seconds", type=float, default=120.0,
+                        help="length of the memory soak at concurrency 64 (0: skip it)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferrum-bench-repo-"))
@@ -175,7 +218,9 @@ def main():
                 print(f"| (no-op) | | {protocol} | {c} | {rps:.0f} | {p50:.0f} | {p99:.0f} "
                       f"| 1.00 | 0 | {p99 / p50:.1f} | | |", flush=True)
         for name in models:
-            variants = [(name, "off")] + ([(f"{name}_batched", "on")] if name in MLPS else [])
+            variants = [(name, "off")] + (
+                [(f"{name}{suffix}", mode) for mode, (suffix, _) in VARIANTS.items() if suffix]
+                if name in MLPS else [])
             for served, batching in variants:
                 for protocol in protocols:
                     url = f"127.0.0.1:{ports[protocol]}"
@@ -192,6 +237,18 @@ def main():
             runtime = MLPS[name][0]
             print(f"raw in-process {runtime} ({name}, one thread): "
                   + (f"batch 1 {b1:.0f}, batch 32 {b32:.0f} inferences/s" if b1 else problem))
+        if args.soak_seconds > 0 and "simple" in models and "http" in protocols:
+            rps, errors, samples = soak(args.perf, f"127.0.0.1:{ports['http']}", proc.pid, 64,
+                                        args.soak_seconds)
+            # The first sample is taken as the load starts; memory is judged after the first
+            # tenth of the run, once connections and buffers exist.
+            settled = [kib for t, kib in samples if t >= args.soak_seconds / 10] or [samples[-1][1]]
+            first, last, peak = settled[0], settled[-1], max(settled)
+            print(f"\nmemory soak: simple over HTTP, concurrency 64, {args.soak_seconds:.0f} s, "
+                  f"{rps:.0f} infer/s, {errors} errors; server RSS after warm-up {first / 1024:.1f} MiB, "
+                  f"at the end {last / 1024:.1f} MiB ({(last - first) / first * 100:+.1f}%), "
+                  f"peak {peak / 1024:.1f} MiB; samples (s: MiB): "
+                  + ", ".join(f"{t:.0f}: {kib / 1024:.1f}" for t, kib in samples[::max(1, len(samples) // 12)]))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
