@@ -646,13 +646,24 @@ struct RequestJson<'a> {
     id: Option<IdJson<'a>>,
     /// Request parameters.
     #[serde(default)]
-    parameters: Option<Value>,
+    parameters: Option<ParamsJson>,
     /// The inputs.
     #[serde(default, borrow)]
     inputs: Option<Vec<InputJson<'a>>>,
     /// The requested outputs.
+    #[serde(default, borrow)]
+    outputs: Option<Vec<OutputRequestJson<'a>>>,
+}
+
+/// One requested output of [`RequestJson`].
+#[derive(serde::Deserialize)]
+struct OutputRequestJson<'a> {
+    /// Output name.
+    #[serde(default, borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    /// Output parameters.
     #[serde(default)]
-    outputs: Option<Value>,
+    parameters: Option<ParamsJson>,
 }
 
 /// A request id as given.
@@ -679,7 +690,7 @@ struct InputJson<'a> {
     shape: Option<ShapeJson>,
     /// Input parameters.
     #[serde(default)]
-    parameters: Option<Value>,
+    parameters: Option<ParamsJson>,
     /// Tensor data as JSON text.
     #[serde(default, borrow)]
     data: Option<&'a serde_json::value::RawValue>,
@@ -733,7 +744,7 @@ pub fn decode_request(
     let root: RequestJson<'_> = serde_json::from_slice(&json_part)
         .map_err(|e| Error::invalid(format!("failed to parse the request JSON: {e}")))?;
 
-    let mut parameters = parse_parameters(root.parameters.as_ref(), "request")?;
+    let mut parameters = parse_parameters(root.parameters, || "request".to_string())?;
     let default_binary = take_bool(&mut parameters, "binary_data_output");
     let inputs_json = root
         .inputs
@@ -761,7 +772,7 @@ pub fn decode_request(
                     "input '{name}' has a shape that is not a list of integers"
                 ))
             })?;
-        let input_params = parse_parameters(input.parameters.as_ref(), &format!("input '{name}'"))?;
+        let input_params = parse_parameters(input.parameters, || format!("input '{name}'"))?;
         let binary_size = input_params
             .iter()
             .find(|p| p.key.as_str() == "binary_data_size");
@@ -814,26 +825,19 @@ pub fn decode_request(
     }
     let mut named = Vec::new();
     let mut delivery = Vec::new();
-    if let Some(outputs) = &root.outputs {
-        let outputs = outputs
-            .as_array()
-            .ok_or_else(|| Error::invalid("'outputs' must be an array"))?;
-        for output in outputs {
-            let name = output
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::invalid("a requested output has no 'name'"))?
-                .to_string();
-            let mut params =
-                parse_parameters(output.get("parameters"), &format!("output '{name}'"))?;
-            let binary = if params.iter().any(|p| p.key.as_str() == "binary_data") {
-                take_bool(&mut params, "binary_data")
-            } else {
-                default_binary
-            };
-            delivery.push(shm.output_delivery(&name, &params)?);
-            named.push((name, binary));
-        }
+    for output in root.outputs.unwrap_or_default() {
+        let name = output
+            .name
+            .ok_or_else(|| Error::invalid("a requested output has no 'name'"))?
+            .into_owned();
+        let mut params = parse_parameters(output.parameters, || format!("output '{name}'"))?;
+        let binary = if params.iter().any(|p| p.key.as_str() == "binary_data") {
+            take_bool(&mut params, "binary_data")
+        } else {
+            default_binary
+        };
+        delivery.push(shm.output_delivery(&name, &params)?);
+        named.push((name, binary));
     }
     let id = match root.id {
         Some(IdJson::Text(id)) => id.into_owned(),
@@ -871,40 +875,140 @@ fn take_bool(parameters: &mut Vec<Parameter>, key: &str) -> bool {
     value
 }
 
-fn parse_parameters(value: Option<&Value>, owner: &str) -> Result<Vec<Parameter>, Error> {
-    let Some(value) = value else {
-        return Ok(Vec::new());
-    };
-    let map = value
-        .as_object()
-        .ok_or_else(|| Error::invalid(format!("{owner} 'parameters' must be an object")))?;
-    map.iter()
-        .map(|(key, v)| {
-            let value = match v {
-                Value::Bool(b) => ParamValue::Bool(*b),
-                Value::String(s) => ParamValue::Str(s.as_str().into()),
-                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-                    (Some(i), _, _) => ParamValue::Int(i),
-                    (None, Some(u), _) => ParamValue::Int(u as i64),
-                    (_, _, Some(f)) => ParamValue::Double(f),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "{owner} parameter '{key}' is not a number"
-                        )));
-                    }
-                },
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "{owner} parameter '{key}' must be a bool, number or string"
-                    )));
-                }
-            };
-            Ok(Parameter {
-                key: key.as_str().into(),
-                value,
+/// The parameters given, or an error naming their `owner` (made only when needed).
+fn parse_parameters(
+    value: Option<ParamsJson>,
+    owner: impl Fn() -> String,
+) -> Result<Vec<Parameter>, Error> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(ParamsJson::NotObject) => Err(Error::invalid(format!(
+            "{} 'parameters' must be an object",
+            owner()
+        ))),
+        Some(ParamsJson::Entries(entries)) => entries
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Ok(Parameter {
+                    key: key.as_str().into(),
+                    value,
+                }),
+                None => Err(Error::invalid(format!(
+                    "{} parameter '{key}' must be a bool, number or string",
+                    owner()
+                ))),
             })
-        })
-        .collect()
+            .collect(),
+    }
+}
+
+/// A `parameters` object as given: each value a parameter, or none where it is not a bool,
+/// number or string.
+enum ParamsJson {
+    /// The entries, in order.
+    Entries(Vec<(String, Option<ParamValue>)>),
+    /// The JSON held something other than an object.
+    NotObject,
+}
+
+impl<'de> serde::Deserialize<'de> for ParamsJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor)
+    }
+}
+
+/// Reads a [`ParamsJson`]; anything but an object is consumed and marked.
+struct ParamsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ParamsVisitor {
+    type Value = ParamsJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of parameters")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ParamsJson, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<ParamScalar>()?.0;
+            entries.push((key, value));
+        }
+        Ok(ParamsJson::Entries(entries))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ParamsJson, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ParamsJson::NotObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+    fn visit_unit<E>(self) -> Result<ParamsJson, E> {
+        Ok(ParamsJson::NotObject)
+    }
+}
+
+/// One parameter value: a bool, number or string, or none for anything else (consumed).
+struct ParamScalar(Option<ParamValue>);
+
+impl<'de> serde::Deserialize<'de> for ParamScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// Reads a [`ParamScalar`].
+struct ScalarVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = ParamScalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a bool, number or string")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(Some(ParamValue::Bool(v))))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(Some(ParamValue::Int(v))))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(Some(ParamValue::Int(v as i64))))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(Some(ParamValue::Double(v))))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(Some(ParamValue::Str(v.into()))))
+    }
+    fn visit_unit<E>(self) -> Result<ParamScalar, E> {
+        Ok(ParamScalar(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ParamScalar, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ParamScalar(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ParamScalar, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(ParamScalar(None))
+    }
 }
 
 /// An infer response's JSON, written straight from the response (no JSON values built).
@@ -1043,4 +1147,108 @@ fn encode_response(response: InferResponse, plan: &OutputPlan) -> Result<Respons
     );
     headers.insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<(InferRequest, OutputPlan), Error> {
+        let shm = SharedMemory::default();
+        let body = Bytes::copy_from_slice(json.as_bytes());
+        decode_request(&shm, "m".into(), None, &HeaderMap::new(), body)
+    }
+
+    fn message(json: &str) -> String {
+        match decode(json) {
+            Ok(_) => panic!("{json} was accepted"),
+            Err(e) => e.message,
+        }
+    }
+
+    #[test]
+    fn a_full_request_is_read_field_by_field() {
+        let (request, plan) = decode(
+            r#"{"id": "r1", "parameters": {"priority": 2, "note": "x", "w": 0.5, "binary_data_output": true},
+                "inputs": [{"name": "IN", "datatype": "INT32", "shape": [1, 2], "data": [[1, 2]],
+                            "parameters": {"k": false}}],
+                "outputs": [{"name": "A", "parameters": {"binary_data": false}}, {"name": "B"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(request.id, "r1");
+        let params: Vec<_> = request
+            .parameters
+            .iter()
+            .map(|p| (p.key.as_str().to_string(), p.value.clone()))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                ("priority".to_string(), ParamValue::Int(2)),
+                ("note".to_string(), ParamValue::Str("x".into())),
+                ("w".to_string(), ParamValue::Double(0.5)),
+            ]
+        );
+        assert_eq!(request.inputs[0].shape, [1, 2]);
+        assert_eq!(
+            &request.inputs[0].data.to_bytes()[..],
+            &[1, 0, 0, 0, 2, 0, 0, 0]
+        );
+        assert_eq!(request.outputs, ["A", "B"]);
+        assert!(!plan.binary("A"));
+        assert!(plan.binary("B"));
+    }
+
+    #[test]
+    fn a_non_string_id_is_ignored() {
+        let (request, _) = decode(
+            r#"{"id": 7, "inputs": [{"name": "IN", "datatype": "BOOL", "shape": [1], "data": [true]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(request.id, "");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let input = r#"{"name": "IN", "datatype": "INT32", "shape": [1], "data": [1]}"#;
+        for (json, expected) in [
+            (
+                r#"{"inputs": 5}"#.to_string(),
+                "failed to parse the request JSON",
+            ),
+            ("{}".to_string(), "no 'inputs' array"),
+            (r#"{"inputs": [{}]}"#.to_string(), "an input has no 'name'"),
+            (
+                format!(r#"{{"parameters": [1], "inputs": [{input}]}}"#),
+                "request 'parameters' must be an object",
+            ),
+            (
+                format!(r#"{{"parameters": {{"p": [1]}}, "inputs": [{input}]}}"#),
+                "request parameter 'p' must be a bool, number or string",
+            ),
+            (
+                format!(r#"{{"inputs": [{input}], "outputs": [{{"parameters": {{}}}}]}}"#),
+                "a requested output has no 'name'",
+            ),
+            (
+                format!(
+                    r#"{{"inputs": [{input}], "outputs": [{{"name": "O", "parameters": {{"x": {{}}}}}}]}}"#
+                ),
+                "output 'O' parameter 'x' must be a bool",
+            ),
+            (
+                r#"{"inputs": [{"name": "IN", "datatype": "INT32", "shape": ["a"], "data": [1]}]}"#
+                    .to_string(),
+                "input 'IN' has a shape that is not a list of integers",
+            ),
+            (
+                r#"{"inputs": [{"name": "IN", "datatype": "INT8", "shape": [1], "data": [300]}]}"#
+                    .to_string(),
+                "value 300 is not a valid INT8 element",
+            ),
+        ] {
+            let got = message(&json);
+            assert!(got.contains(expected), "{json}: {got}");
+        }
+    }
 }
