@@ -234,6 +234,60 @@ def scalar_out() -> onnx.ModelProto:
     )
 
 
+def accumulator() -> onnx.ModelProto:
+    """A stateful running sum for the sequence batcher: STATE_OUT = OUTPUT = (START ? 0 :
+    STATE_IN) + READY * INPUT; CORRID_OUT echoes the CORRID control. All [batch, 1]."""
+    one = numpy_helper.from_array(np.array([[1]], dtype=np.int32), "one")
+    return model(
+        "accumulator",
+        [
+            helper.make_node("Sub", ["one", "START"], ["keep"]),
+            helper.make_node("Mul", ["STATE_IN", "keep"], ["previous"]),
+            helper.make_node("Mul", ["INPUT", "READY"], ["added"]),
+            helper.make_node("Add", ["previous", "added"], ["OUTPUT"]),
+            helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"]),
+            helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"]),
+        ],
+        [
+            value("INPUT", TensorProto.INT32, ["batch", 1]),
+            value("START", TensorProto.INT32, ["batch", 1]),
+            value("END", TensorProto.INT32, ["batch", 1]),
+            value("READY", TensorProto.INT32, ["batch", 1]),
+            value("CORRID", TensorProto.UINT64, ["batch", 1]),
+            value("STATE_IN", TensorProto.INT32, ["batch", 1]),
+        ],
+        [
+            value("OUTPUT", TensorProto.INT32, ["batch", 1]),
+            value("STATE_OUT", TensorProto.INT32, ["batch", 1]),
+            value("CORRID_OUT", TensorProto.UINT64, ["batch", 1]),
+        ],
+        [one],
+    )
+
+
+ACCUMULATOR_SEQUENCE = """sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+  ]
+  state [
+    {
+      input_name: "STATE_IN"
+      output_name: "STATE_OUT"
+      data_type: TYPE_INT32
+      dims: [ 1 ]
+      initial_state: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true name: "zero" }
+    }
+  ]
+  direct { }
+}
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+
 def all_models():
     """(folder, name, model, config text or None)."""
     yield (
@@ -312,6 +366,19 @@ def all_models():
             8,
             [("X", "INT16", [6], [2, 3])],
             [("Y", "INT16", [3, 2])],
+        ),
+    )
+    yield (
+        TESTS,
+        "accumulator",
+        accumulator(),
+        config(
+            "accumulator",
+            "A running sum per sequence, kept as implicit state by the sequence batcher.",
+            4,
+            [("INPUT", "INT32", [1])],
+            [("OUTPUT", "INT32", [1]), ("CORRID_OUT", "UINT64", [1])],
+            ACCUMULATOR_SEQUENCE,
         ),
     )
     yield TESTS, "autocomplete_fixed", fixed_shape(), None

@@ -36,6 +36,7 @@ pub const EXTENSIONS: &[&str] = &[
     "trace",
     "logging",
     "schedule_policy",
+    "sequence",
 ];
 
 /// The bytes of an input: shared with the wire buffer, or lent from a client's shared memory

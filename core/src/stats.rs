@@ -186,6 +186,43 @@ pub struct ModelStats {
     pub last_inference_ms: AtomicU64,
     /// Executions per batch size.
     batches: Mutex<BTreeMap<u64, BatchTally>>,
+    /// Sequences of a sequence-batched model.
+    pub sequences: SequenceCounts,
+}
+
+/// How many sequences a model started, ended, and released idle.
+#[derive(Debug, Default)]
+pub struct SequenceCounts {
+    /// Sequences started.
+    pub started: AtomicU64,
+    /// Sequences ended by an END request.
+    pub ended: AtomicU64,
+    /// Sequences released after `max_sequence_idle_microseconds` without a request.
+    pub timed_out: AtomicU64,
+}
+
+impl SequenceCounts {
+    /// Counts a sequence started.
+    pub fn started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a sequence ended by its END request.
+    pub fn ended(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a sequence released idle.
+    pub fn timed_out(&self) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sequences started and neither ended nor released.
+    pub fn active(&self) -> u64 {
+        let started = self.started.load(Ordering::Relaxed);
+        let gone = self.ended.load(Ordering::Relaxed) + self.timed_out.load(Ordering::Relaxed);
+        started.saturating_sub(gone)
+    }
 }
 
 impl ModelStats {
@@ -205,6 +242,7 @@ impl ModelStats {
             pending: AtomicI64::new(0),
             last_inference_ms: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
+            sequences: SequenceCounts::default(),
         }
     }
 

@@ -19,6 +19,7 @@ const MODEL_FIELDS: &[&str] = &[
     "default_model_filename",
     "parameters",
     "dynamic_batching",
+    "sequence_batching",
     // Handed to the backend, which applies what it supports (e.g. onnxruntime's graph level).
     "optimization",
     "model_transaction_policy",
@@ -26,14 +27,13 @@ const MODEL_FIELDS: &[&str] = &[
 
 /// Top-level fields that change what a model means, so a config using one is refused at load
 /// rather than served wrongly.
-const REFUSED_FIELDS: &[&str] = &["sequence_batching", "ensemble_scheduling"];
+const REFUSED_FIELDS: &[&str] = &["ensemble_scheduling"];
 
 /// The first field set in `config` that the server refuses to load.
 pub fn refused_field(config: &ModelConfig) -> Option<&'static str> {
     use crate::proto::inference::model_config::SchedulingChoice;
     match &config.scheduling_choice {
-        Some(SchedulingChoice::SequenceBatching(_)) => Some(REFUSED_FIELDS[0]),
-        Some(SchedulingChoice::EnsembleScheduling(_)) => Some(REFUSED_FIELDS[1]),
+        Some(SchedulingChoice::EnsembleScheduling(_)) => Some(REFUSED_FIELDS[0]),
         _ => None,
     }
 }
@@ -122,17 +122,12 @@ model_warmup [ { name: "w" } ]
 #[cfg(test)]
 mod refused {
     #[test]
-    fn sequence_and_ensemble_configs_are_refused() {
-        for (text, field) in [
-            ("name: \"m\"\nsequence_batching { }", "sequence_batching"),
-            (
-                "name: \"m\"\nplatform: \"ensemble\"\nensemble_scheduling { }",
-                "ensemble_scheduling",
-            ),
-        ] {
-            let config = super::super::parse_text(text).unwrap();
-            assert_eq!(super::refused_field(&config), Some(field));
-        }
+    fn ensemble_configs_are_refused() {
+        let text = "name: \"m\"\nplatform: \"ensemble\"\nensemble_scheduling { }";
+        let config = super::super::parse_text(text).unwrap();
+        assert_eq!(super::refused_field(&config), Some("ensemble_scheduling"));
+        let sequence = super::super::parse_text("name: \"m\"\nsequence_batching { }").unwrap();
+        assert_eq!(super::refused_field(&sequence), None);
         let plain = super::super::parse_text("name: \"m\"").unwrap();
         assert_eq!(super::refused_field(&plain), None);
     }

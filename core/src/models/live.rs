@@ -211,8 +211,10 @@ impl LiveModel {
         stats: Arc<crate::stats::ModelStats>,
         queue_limit: usize,
     ) -> Result<LiveModel> {
-        let config_json = config::to_json(config)?;
+        // A sequence model's backend also sees the control inputs and state tensors.
+        let config_json = config::to_json(&crate::scheduler::backend_config(config))?;
         let json_text = config_json.to_string();
+        let version_dir = version_path;
         let (model_path, version_path) =
             (model_path.to_string_lossy(), version_path.to_string_lossy());
         let info = model_info(
@@ -249,7 +251,13 @@ impl LiveModel {
                 index += 1;
             }
         }
-        let scheduler = Scheduler::start(config, instances, Arc::clone(&stats), queue_limit)?;
+        let scheduler = Scheduler::start(
+            config,
+            instances,
+            Arc::clone(&stats),
+            queue_limit,
+            version_dir,
+        )?;
         let inputs = specs(config.input.iter().map(|t| {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
             (

@@ -425,6 +425,7 @@ impl Shared {
                 tx: p.tx,
                 queued_at: p.arrived,
                 order: self.sequencer.as_ref().map(|s| (Arc::clone(s), p.seq)),
+                hook: None,
             },
             request: p.request,
             ticket: p.ticket,

@@ -10,6 +10,7 @@ mod channel;
 mod dynamic_batcher;
 mod request;
 mod responder;
+mod sequence;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
 use responder::Destination;
 pub use responder::{Outputs, RequestTiming, ResponseMessage};
+pub use sequence::{SequenceId, backend_config, sequence_fields};
 
 /// The way into a model version's instances.
 enum Entry {
@@ -36,6 +38,8 @@ enum Entry {
     Direct(crossbeam_channel::Sender<Work>),
     /// Requests go to the dynamic batcher.
     Batched(dynamic_batcher::Handle),
+    /// Requests go to their sequences.
+    Sequence(sequence::Handle),
 }
 
 /// What every instance thread of a model shares.
@@ -66,33 +70,40 @@ impl Scheduler {
         instances: Vec<(String, InstanceBox)>,
         stats: Arc<ModelStats>,
         queue_limit: usize,
+        version_path: &std::path::Path,
     ) -> Result<Self> {
         let model = &config.name;
         let queue_limit = queue_limit.max(1);
         let policy = BatchPolicy::from_config(config, queue_limit)?;
+        let sequences = sequence::SequencePolicy::from_config(config, queue_limit, version_path)?;
+        let instance_count = instances.len();
         let shared = Arc::new(InstanceShared {
             model: Arc::from(model.as_str()),
             decoupled: crate::config::is_decoupled(config),
             batches: config.max_batch_size > 0,
-            stats,
+            stats: Arc::clone(&stats),
         });
-        let (entry, source) = match policy {
-            None => {
+        let (entry, source) = match (policy, sequences) {
+            (_, Some(sequences)) => {
+                let (handle, batches) = sequence::new(model, sequences, instance_count, stats);
+                (Entry::Sequence(handle), Source::Sequence(batches))
+            }
+            (None, None) => {
                 let (tx, rx) = crossbeam_channel::bounded::<Work>(queue_limit);
                 (Entry::Direct(tx), Source::Direct(rx))
             }
-            Some(policy) => {
+            (Some(policy), None) => {
                 let (handle, batches) = dynamic_batcher::new(model, policy);
                 (Entry::Batched(handle), Source::Batched(batches))
             }
         };
         let mut threads = Vec::with_capacity(instances.len());
-        for (name, instance) in instances {
+        for (index, (name, instance)) in instances.into_iter().enumerate() {
             let source = source.clone();
             let shared = Arc::clone(&shared);
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
-                .spawn(move || run_instance(instance, source, shared))
+                .spawn(move || run_instance(instance, index, source, shared))
                 .map_err(|e| {
                     Error::internal(format!("cannot start a thread for model '{model}': {e}"))
                 })?;
@@ -131,6 +142,7 @@ impl Scheduler {
                 }
             }
             Some(Entry::Batched(batcher)) => batcher.submit(request, tx, ticket)?,
+            Some(Entry::Sequence(batcher)) => batcher.submit(request, tx, ticket)?,
         }
         Ok(rx)
     }
@@ -143,6 +155,8 @@ enum Source {
     Direct(crossbeam_channel::Receiver<Work>),
     /// The dynamic batcher.
     Batched(dynamic_batcher::Batches),
+    /// The sequence batcher.
+    Sequence(sequence::Batches),
 }
 
 impl Drop for Scheduler {
@@ -155,7 +169,12 @@ impl Drop for Scheduler {
     }
 }
 
-fn run_instance(mut instance: InstanceBox, source: Source, shared: Arc<InstanceShared>) {
+fn run_instance(
+    mut instance: InstanceBox,
+    index: usize,
+    source: Source,
+    shared: Arc<InstanceShared>,
+) {
     match source {
         Source::Direct(queue) => {
             while let Ok(work) = queue.recv() {
@@ -166,6 +185,11 @@ fn run_instance(mut instance: InstanceBox, source: Source, shared: Arc<InstanceS
             while let Some(batch) = batches.next() {
                 execute(&mut instance, batch, &shared);
                 batches.finished();
+            }
+        }
+        Source::Sequence(batches) => {
+            while let Some(batch) = batches.next(index) {
+                execute(&mut instance, batch, &shared);
             }
         }
     }

@@ -105,6 +105,12 @@ impl Sequencer {
     }
 }
 
+/// Sees each of a request's responses before the client does (and may change it).
+pub trait ResponseHook: Send + Sync {
+    /// Called with every response, in order, before it is sent on.
+    fn on_response(&self, message: &mut ResponseMessage);
+}
+
 /// Where one request's responses go.
 pub struct Destination {
     /// The request's channel.
@@ -113,6 +119,8 @@ pub struct Destination {
     pub queued_at: Instant,
     /// Its place in the response order, when the model preserves ordering.
     pub order: Option<(Arc<Sequencer>, u64)>,
+    /// Sees each response first (the sequence batcher's state keeping).
+    pub hook: Option<Arc<dyn ResponseHook>>,
 }
 
 impl Destination {
@@ -122,11 +130,15 @@ impl Destination {
             tx,
             queued_at: Instant::now(),
             order: None,
+            hook: None,
         }
     }
 
     /// Sends a message to the request, in order when ordering is kept.
-    pub fn send(&self, message: ResponseMessage) {
+    pub fn send(&self, mut message: ResponseMessage) {
+        if let Some(hook) = &self.hook {
+            hook.on_response(&mut message);
+        }
         match &self.order {
             Some((sequencer, seq)) => sequencer.deliver(*seq, &self.tx, message),
             None => {
