@@ -579,12 +579,45 @@ impl Core {
         last.ok_or_else(|| Error::internal("the backend ended the request without a response"))
     }
 
+    /// The version a request runs on: for a request inside an open sequence, the version the
+    /// sequence started on (it may have been replaced by a reload since).
+    fn sequence_route(&self, model: Arc<LiveModel>, request: &InferRequest) -> Arc<LiveModel> {
+        if !model.sequences || request.model_version.is_some() {
+            return model;
+        }
+        match crate::scheduler::sequence_fields(request) {
+            Ok((Some(id), false, _)) => self
+                .models
+                .sequences
+                .owner(&model.name, &id)
+                .unwrap_or(model),
+            _ => model,
+        }
+    }
+
+    /// Records the version a request that starts a sequence runs on; returns its id.
+    fn claim_sequence(
+        &self,
+        model: &Arc<LiveModel>,
+        request: &InferRequest,
+    ) -> Option<crate::scheduler::SequenceId> {
+        if !model.sequences {
+            return None;
+        }
+        let (Some(id), true, _) = crate::scheduler::sequence_fields(request).ok()? else {
+            return None;
+        };
+        self.models.sequences.claim(&model.name, id.clone(), model);
+        Some(id)
+    }
+
     fn start(
         &self,
         model: Arc<LiveModel>,
         mut request: InferRequest,
         received: Instant,
     ) -> Result<ResponseStream> {
+        let model = self.sequence_route(model, &request);
         tracing::debug!(model = %model.name, version = model.version, id = %request.id, "inference request");
         let mut record = InFlight::new(Arc::clone(&model.stats), received);
         let checked = model
@@ -600,9 +633,15 @@ impl Core {
         };
         let requested = request.outputs.clone();
         let id = request.id.clone();
+        let claimed = self.claim_sequence(&model, &request);
         let rx = match model.submit(request, ticket.clone()) {
             Ok(rx) => rx,
             Err(e) => {
+                if let Some(sequence) = claimed {
+                    self.models
+                        .sequences
+                        .release(&model.name, &sequence, model.serial);
+                }
                 record.failed(FailureReason::Rejected);
                 return Err(e);
             }

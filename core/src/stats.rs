@@ -193,6 +193,8 @@ pub struct ModelStats {
 /// How many sequences a model started, ended, and released idle.
 #[derive(Debug, Default)]
 pub struct SequenceCounts {
+    /// The model has a sequence batcher (only then are these reported).
+    enabled: std::sync::atomic::AtomicBool,
     /// Sequences started.
     pub started: AtomicU64,
     /// Sequences ended by an END request.
@@ -202,6 +204,16 @@ pub struct SequenceCounts {
 }
 
 impl SequenceCounts {
+    /// Marks the model as one with a sequence batcher.
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the model has a sequence batcher.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// Counts a sequence started.
     pub fn started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);

@@ -198,6 +198,7 @@ def test_a_sequence_waits_for_a_slot_and_an_idle_one_is_released(server):
     while "released after" not in server.stderr_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "sequence 502 released after" in server.stderr_text()
+    assert sequence_metrics(server, "one_slot")["ferrum_sequences_timed_out_total"] >= 1
 
 
 def test_the_oldest_strategy_merges_sequences_into_batches(server):
@@ -214,3 +215,73 @@ def test_the_oldest_strategy_merges_sequences_into_batches(server):
     }
     merged = sum(n - old.get(size, 0) for size, n in batches.items() if size > 1)
     assert merged > 0, batches
+
+
+def test_a_reload_keeps_open_sequences_on_the_version_they_started_on(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    variant(repo, "acc", lambda c: c)
+    srv = start_server(repo, ["--model-control-mode", "explicit", "--load-model", "acc"])
+    try:
+        caller = Caller(srv, "grpc")
+        try:
+            assert caller("acc", 31, 1, start=True) == (1, 31)
+            # The new version starts every sequence at 1000 (an initial state from a file).
+            config = repo / "acc" / "config.pbtxt"
+            config.write_text(
+                config.read_text().replace(
+                    "zero_data: true", 'data_file: "thousand"'
+                )
+            )
+            (repo / "acc" / "1" / "initial_state").mkdir()
+            (repo / "acc" / "1" / "initial_state" / "thousand").write_bytes(
+                np.array([1000], dtype=np.int32).tobytes()
+            )
+            caller.client.load_model("acc")
+            # A new sequence runs on the new version...
+            assert caller("acc", 32, 5, start=True) == (1005, 32)
+            # ...while the open one goes on where it was, on the old version, to its end.
+            assert caller("acc", 31, 2) == (3, 31)
+            assert caller("acc", 31, 3, end=True) == (6, 31)
+            assert caller("acc", 32, 1, end=True) == (1006, 32)
+            # Unloading ends the model's open sequences with it.
+            assert caller("acc", 33, 1, start=True) == (1001, 33)
+            caller.client.unload_model("acc")
+            with pytest.raises(InferenceServerException):
+                caller("acc", 33, 1)
+        finally:
+            caller.close()
+    finally:
+        srv.stop_and_check()
+
+
+def sequence_metrics(server, model: str) -> dict:
+    text = requests.get(f"http://{server.metrics_url}/metrics", timeout=TIMEOUT).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("ferrum_sequences_") and f'model="{model}"' in line:
+            found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_sequences_are_counted_in_the_metrics(server):
+    before = sequence_metrics(server, "direct")
+    assert set(before) == {
+        "ferrum_sequences_active",
+        "ferrum_sequences_started_total",
+        "ferrum_sequences_ended_total",
+        "ferrum_sequences_timed_out_total",
+    }, before
+    caller = Caller(server, "http")
+    try:
+        caller("direct", 4242, 1, start=True)
+        during = sequence_metrics(server, "direct")
+        assert during["ferrum_sequences_active"] == before["ferrum_sequences_active"] + 1
+        caller("direct", 4242, 1, end=True)
+    finally:
+        caller.close()
+    run_sequences(server, "grpc", "direct", [4300 + i for i in range(3)], steps=2)
+    after = sequence_metrics(server, "direct")
+    assert after["ferrum_sequences_started_total"] == before["ferrum_sequences_started_total"] + 4
+    assert after["ferrum_sequences_ended_total"] == before["ferrum_sequences_ended_total"] + 4
+    assert after["ferrum_sequences_active"] == before["ferrum_sequences_active"]

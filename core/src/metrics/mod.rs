@@ -74,6 +74,26 @@ const FAMILIES: &[(&str, &str, bool)] = &[
         "Instantaneous number of pending requests awaiting execution per-model",
         false,
     ),
+    (
+        "ferrum_sequences_active",
+        "Open sequences of a sequence-batched model (started, neither ended nor released idle)",
+        false,
+    ),
+    (
+        "ferrum_sequences_started_total",
+        "Sequences started (a request with the START flag)",
+        true,
+    ),
+    (
+        "ferrum_sequences_ended_total",
+        "Sequences ended by a request with the END flag",
+        true,
+    ),
+    (
+        "ferrum_sequences_timed_out_total",
+        "Sequences released after max_sequence_idle_microseconds without a request",
+        true,
+    ),
 ];
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -146,7 +166,18 @@ impl Collector for InferenceCollector {
                 });
                 let mut metrics = Vec::new();
                 for m in &models {
+                    let sequences = &m.sequences;
+                    if name.starts_with("ferrum_sequences") && !sequences.enabled() {
+                        continue;
+                    }
+                    let count = |c: &std::sync::atomic::AtomicU64| {
+                        c.load(std::sync::atomic::Ordering::Relaxed) as f64
+                    };
                     let value = match name {
+                        "ferrum_sequences_active" => sequences.active() as f64,
+                        "ferrum_sequences_started_total" => count(&sequences.started),
+                        "ferrum_sequences_ended_total" => count(&sequences.ended),
+                        "ferrum_sequences_timed_out_total" => count(&sequences.timed_out),
                         "nv_inference_request_success" => m.success.get().0 as f64,
                         "nv_inference_request_failure" => {
                             let failures = m.failures();

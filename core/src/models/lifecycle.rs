@@ -220,6 +220,8 @@ impl ModelManager {
             };
             versions
         };
+        // An unloaded model's open sequences end with it.
+        self.sequences.forget_model(name);
         self.retire(
             name,
             taken
@@ -348,6 +350,7 @@ impl ModelManager {
                 path,
                 self.stats.model(name, *version),
                 self.queue_limit,
+                &self.sequences,
             );
             let record = match loaded {
                 Ok(live) => {

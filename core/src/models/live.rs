@@ -81,6 +81,10 @@ pub struct LiveModel {
     pub inputs: Vec<TensorSpec>,
     /// Declared outputs.
     pub outputs: Vec<TensorSpec>,
+    /// Tells this loaded version from every other (for sequence ownership).
+    pub serial: u64,
+    /// Whether the model has a sequence batcher.
+    pub sequences: bool,
 }
 
 /// A declared tensor as (name, data_type, dims, optional, reshape).
@@ -210,7 +214,13 @@ impl LiveModel {
         version_path: &Path,
         stats: Arc<crate::stats::ModelStats>,
         queue_limit: usize,
+        owners: &Arc<super::SequenceOwners>,
     ) -> Result<LiveModel> {
+        let serial = super::sequences::next_serial();
+        let sequence_end: crate::scheduler::SequenceEnd = {
+            let (owners, name) = (Arc::clone(owners), config.name.clone());
+            Arc::new(move |id| owners.release(&name, id, serial))
+        };
         // A sequence model's backend also sees the control inputs and state tensors.
         let config_json = config::to_json(&crate::scheduler::backend_config(config))?;
         let json_text = config_json.to_string();
@@ -257,6 +267,7 @@ impl LiveModel {
             Arc::clone(&stats),
             queue_limit,
             version_dir,
+            sequence_end,
         )?;
         let inputs = specs(config.input.iter().map(|t| {
             let reshape = t.reshape.as_ref().map(|r| r.shape.clone());
@@ -300,6 +311,11 @@ impl LiveModel {
             config_json,
             inputs,
             outputs,
+            serial,
+            sequences: matches!(
+                config.scheduling_choice,
+                Some(crate::proto::inference::model_config::SchedulingChoice::SequenceBatching(_))
+            ),
         })
     }
 

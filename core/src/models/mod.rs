@@ -5,6 +5,7 @@ mod classify;
 mod lifecycle;
 mod live;
 mod reshape;
+mod sequences;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
@@ -20,6 +21,7 @@ use crate::plugins::Plugins;
 pub use classify::classify;
 pub use lifecycle::{LoadOverride, LoadValue, RepositoryParameter, check_unload_parameters};
 pub use live::{LiveModel, TensorSpec};
+pub use sequences::SequenceOwners;
 
 /// A model version's state, as the repository index reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +173,8 @@ pub struct ModelManager {
     lifecycle: Mutex<()>,
     /// Statistics of every model version.
     pub stats: Arc<crate::stats::StatsRegistry>,
+    /// The version each open sequence runs on.
+    pub sequences: Arc<SequenceOwners>,
 }
 
 impl ModelManager {
@@ -191,6 +195,7 @@ impl ModelManager {
             draining: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
             stats: Default::default(),
+            sequences: Default::default(),
         }
     }
 
@@ -341,6 +346,7 @@ impl ModelManager {
             let mut models = self.write_table();
             std::mem::take(&mut *models).into_values().collect()
         };
+        self.sequences.clear();
         drop(drained);
     }
 

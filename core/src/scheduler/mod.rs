@@ -30,7 +30,7 @@ pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
 use responder::Destination;
 pub use responder::{Outputs, RequestTiming, ResponseMessage};
-pub use sequence::{SequenceId, backend_config, sequence_fields};
+pub use sequence::{SequenceEnd, SequenceId, backend_config, sequence_fields};
 
 /// The way into a model version's instances.
 enum Entry {
@@ -71,6 +71,7 @@ impl Scheduler {
         stats: Arc<ModelStats>,
         queue_limit: usize,
         version_path: &std::path::Path,
+        sequence_end: SequenceEnd,
     ) -> Result<Self> {
         let model = &config.name;
         let queue_limit = queue_limit.max(1);
@@ -85,7 +86,8 @@ impl Scheduler {
         });
         let (entry, source) = match (policy, sequences) {
             (_, Some(sequences)) => {
-                let (handle, batches) = sequence::new(model, sequences, instance_count, stats);
+                let (handle, batches) =
+                    sequence::new(model, sequences, instance_count, stats, sequence_end);
                 (Entry::Sequence(handle), Source::Sequence(batches))
             }
             (None, None) => {

@@ -35,6 +35,9 @@ use crate::proto::inference::model_sequence_batching::initial_state::StateData;
 use crate::proto::inference::{ModelInput, ModelOutput, ModelSequenceBatching};
 use crate::server::{InferRequest, InputTensor, OutputData};
 
+/// Called when a sequence ends or idles out (the server forgets which version holds it).
+pub type SequenceEnd = Arc<dyn Fn(&SequenceId) + Send + Sync>;
+
 /// Triton's default `max_sequence_idle_microseconds`.
 const DEFAULT_IDLE: Duration = Duration::from_secs(1);
 
@@ -503,6 +506,8 @@ struct Shared {
     wake: Condvar,
     /// Where sequences are counted.
     stats: Arc<crate::stats::ModelStats>,
+    /// Told when a sequence ends or idles out.
+    on_end: SequenceEnd,
 }
 
 /// The submitting side of a model's sequence batcher.
@@ -524,6 +529,7 @@ pub fn new(
     policy: SequencePolicy,
     instances: usize,
     stats: Arc<crate::stats::ModelStats>,
+    on_end: SequenceEnd,
 ) -> (Handle, Batches) {
     let slots = match policy.strategy {
         Strategy::Direct { .. } => (0..instances)
@@ -531,6 +537,7 @@ pub fn new(
             .collect(),
         Strategy::Oldest { .. } => Vec::new(),
     };
+    stats.sequences.enable();
     let shared = Arc::new(Shared {
         model: Arc::from(model),
         state: Mutex::new(State {
@@ -545,6 +552,7 @@ pub fn new(
         policy,
         wake: Condvar::new(),
         stats,
+        on_end,
     });
     (
         Handle {
@@ -708,6 +716,7 @@ impl Shared {
         let Some(sequence) = state.sequences.remove(id) else {
             return;
         };
+        (self.on_end)(id);
         if let Some((i, s)) = sequence.slot {
             state.slots[i][s] = None;
             while let Some(next) = state.backlog.pop_front() {
