@@ -348,9 +348,11 @@ impl ModelManager {
                 dir,
                 *version,
                 path,
-                self.stats.model(name, *version),
-                self.queue_limit,
-                &self.sequences,
+                super::live::Serving {
+                    stats: self.stats.model(name, *version),
+                    queue_limit: self.queue_limit,
+                    owners: &self.sequences,
+                },
             );
             let record = match loaded {
                 Ok(live) => {

@@ -204,6 +204,16 @@ pub fn auto_complete(
     }
 }
 
+/// What the server gives a version it loads, beside the model itself.
+pub struct Serving<'a> {
+    /// Where the version's statistics go.
+    pub stats: Arc<crate::stats::ModelStats>,
+    /// Bound of its queue where the config sets none.
+    pub queue_limit: usize,
+    /// Where its open sequences are recorded.
+    pub owners: &'a Arc<super::SequenceOwners>,
+}
+
 impl LiveModel {
     /// Loads a version through its backend and starts its instances.
     pub fn load(
@@ -212,10 +222,13 @@ impl LiveModel {
         model_path: &Path,
         version: i64,
         version_path: &Path,
-        stats: Arc<crate::stats::ModelStats>,
-        queue_limit: usize,
-        owners: &Arc<super::SequenceOwners>,
+        serving: Serving<'_>,
     ) -> Result<LiveModel> {
+        let Serving {
+            stats,
+            queue_limit,
+            owners,
+        } = serving;
         let serial = super::sequences::next_serial();
         let sequence_end: crate::scheduler::SequenceEnd = {
             let (owners, name) = (Arc::clone(owners), config.name.clone());

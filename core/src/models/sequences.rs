@@ -11,11 +11,14 @@ use parking_lot::Mutex;
 use super::LiveModel;
 use crate::scheduler::SequenceId;
 
+/// model → sequence id → (the version's serial, the version).
+type OpenSequences = HashMap<String, HashMap<SequenceId, (u64, Arc<LiveModel>)>>;
+
 /// Open sequences by model name and correlation id, each with the version it runs on.
 #[derive(Default)]
 pub struct SequenceOwners {
-    /// model → id → (version's serial, the version).
-    open: Mutex<HashMap<String, HashMap<SequenceId, (u64, Arc<LiveModel>)>>>,
+    /// The open sequences.
+    open: Mutex<OpenSequences>,
 }
 
 impl SequenceOwners {
