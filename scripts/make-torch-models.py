@@ -243,6 +243,44 @@ output [
 """)
 
 
+class Accumulator(nn.Module):
+    def forward(self, x: Tensor, start: Tensor, end: Tensor, ready: Tensor, corrid: Tensor,
+                state: Tensor):
+        total = state + x * ready
+        return total, total.clone(), corrid
+
+
+def accumulator(tests: Path) -> None:
+    """The sequence batcher's running sum, as tests/models/onnx/accumulator: the server fills
+    the control inputs and keeps the state (STATE__5 in, STATE_OUT__1 out); the backend sees
+    them as ordinary inputs and outputs."""
+    folder = tests / "torch_accumulator"
+    ints = torch.ones(2, 1, dtype=torch.int32)
+    example = [ints, ints, ints, ints, torch.ones(2, 1, dtype=torch.int64), ints]
+    save(trace(Accumulator(), *example), folder / "1" / "model.pt")
+    write_config(folder, """
+backend: "pytorch"
+max_batch_size: 4
+input [ { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [
+  { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "CORRID_OUT__2" data_type: TYPE_INT64 dims: [ 1 ] }
+]
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START__1" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END__2" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY__3" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID__4" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_INT64 } ] }
+  ]
+  state [ { input_name: "STATE__5" output_name: "STATE_OUT__1" data_type: TYPE_INT32 dims: [ 1 ] } ]
+  direct { }
+}
+instance_group [ { count: 2 kind: KIND_CPU } ]
+""")
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print(f"usage: {sys.argv[0]} <model repository> <tests model folder>", file=sys.stderr)
@@ -262,6 +300,7 @@ def main() -> int:
     bool_ops(tests)
     single(tests)
     optional(tests)
+    accumulator(tests)
     print(f"make-torch-models: wrote pytorch_mlp to {repository} and the test models to {tests}")
     return 0
 

@@ -1,11 +1,14 @@
 """The sequence batcher through tritonclient: correlation ids, START/END, control inputs and
-implicit state, both strategies, idle release, backlog, errors.
+implicit state, both strategies, idle release, backlog, errors, reloads, metrics.
 
 The model is ``accumulator`` (tests/models/onnx, made by scripts/make-onnx-models.py): an ONNX
 running sum whose state (STATE_IN → STATE_OUT) the server keeps per sequence, with START,
 END, READY and CORRID control inputs the server fills; it answers OUTPUT (the sum so far)
 and CORRID_OUT (the correlation id it was given). Variants of its config are written into a
-temporary repository per test module.
+temporary repository per test module: both strategies under ONNX Runtime, the same file under
+the OpenVINO backend, and a TorchScript twin (tests/models/pytorch/torch_accumulator, made by
+scripts/make-torch-models.py) under the PyTorch backend; none of the backends knows about
+sequences.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ferrum_harness import REPO_ROOT, start_server
 
 TIMEOUT = 60
 SOURCE = REPO_ROOT / "tests" / "models" / "onnx" / "accumulator"
+TORCH_SOURCE = REPO_ROOT / "tests" / "models" / "pytorch" / "torch_accumulator"
 IDLE_US = 400_000
 
 
@@ -56,13 +60,25 @@ def server(tmp_path_factory):
         .replace("count: 2", "count: 1")
         .replace("max_sequence_idle_microseconds: 5000000", f"max_sequence_idle_microseconds: {IDLE_US}"),
     )
+    # The same ONNX file run by the OpenVINO backend, which knows nothing of sequences.
+    variant(
+        repo, "openvino",
+        lambda c: c.replace('platform: "onnxruntime_onnx"', 'backend: "openvino"\ndefault_model_filename: "model.onnx"'),
+    )
+    # A TorchScript accumulator (scripts/make-torch-models.py) run by the PyTorch backend.
+    shutil.copytree(TORCH_SOURCE, repo / "pytorch")
     srv = start_server(repo)
     yield srv
     srv.stop_and_check()
 
 
-def value_input(mod, value: int):
-    inp = mod.InferInput("INPUT", [1, 1], "INT32")
+# (input, sum output, correlation id output) of each model; the ONNX file's names by default.
+TENSORS = {"pytorch": ("INPUT__0", "OUTPUT__0", "CORRID_OUT__2")}
+ONNX_TENSORS = ("INPUT", "OUTPUT", "CORRID_OUT")
+
+
+def value_input(mod, model: str, value: int):
+    inp = mod.InferInput(TENSORS.get(model, ONNX_TENSORS)[0], [1, 1], "INT32")
     inp.set_data_from_numpy(np.array([[value]], dtype=np.int32))
     return inp
 
@@ -83,14 +99,16 @@ class Caller:
     def __call__(self, model, sequence_id, value, start=False, end=False):
         mod = httpclient if self.protocol == "http" else grpcclient
         kwargs = dict(sequence_id=sequence_id, sequence_start=start, sequence_end=end)
+        inputs = [value_input(mod, model, value)]
         if self.protocol == "grpc_stream":
-            self.client.async_stream_infer(model, [value_input(mod, value)], **kwargs)
+            self.client.async_stream_infer(model, inputs, **kwargs)
             result, error = self.results.get(timeout=TIMEOUT)
             if error is not None:
                 raise error
         else:
-            result = self.client.infer(model, [value_input(mod, value)], **kwargs)
-        return int(result.as_numpy("OUTPUT")[0][0]), int(result.as_numpy("CORRID_OUT")[0][0])
+            result = self.client.infer(model, inputs, **kwargs)
+        _, total, corrid = TENSORS.get(model, ONNX_TENSORS)
+        return int(result.as_numpy(total)[0][0]), int(result.as_numpy(corrid)[0][0])
 
     def close(self):
         if self.protocol == "grpc_stream":
@@ -127,7 +145,7 @@ def run_sequences(server, protocol, model, ids, steps=5):
     return results
 
 
-@pytest.mark.parametrize("model", ["direct", "oldest"])
+@pytest.mark.parametrize("model", ["direct", "oldest", "openvino", "pytorch"])
 @pytest.mark.parametrize("protocol", ["http", "grpc", "grpc_stream"])
 def test_interleaved_sequences_each_get_their_own_running_sum(server, model, protocol):
     ids = [1000 + i for i in range(8)]
@@ -285,3 +303,47 @@ def test_sequences_are_counted_in_the_metrics(server):
     assert after["ferrum_sequences_started_total"] == before["ferrum_sequences_started_total"] + 4
     assert after["ferrum_sequences_ended_total"] == before["ferrum_sequences_ended_total"] + 4
     assert after["ferrum_sequences_active"] == before["ferrum_sequences_active"]
+
+
+def pending(server, model: str) -> float:
+    text = requests.get(f"http://{server.metrics_url}/metrics", timeout=TIMEOUT).text
+    for line in text.splitlines():
+        if line.startswith("nv_inference_pending_request_count") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sequences_waiting_for_a_slot_are_bounded_by_the_queue_limit(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    variant(
+        repo, "one_slot",
+        lambda c: c.replace("max_batch_size: 4", "max_batch_size: 1").replace("count: 2", "count: 1"),
+    )
+    srv = start_server(repo, ["--max-queue-size", "2"])
+    callers = [Caller(srv, "grpc") for _ in range(4)]
+    try:
+        assert callers[0]("one_slot", 1, 1, start=True) == (1, 1)
+        # Two more sequences wait for the only slot: the queue holds their two requests...
+        done: queue.Queue = queue.Queue()
+        waiting = [
+            threading.Thread(target=lambda i=i: done.put(callers[i]("one_slot", 1 + i, 10 * i, start=True, end=True)))
+            for i in (1, 2)
+        ]
+        for t in waiting:
+            t.start()
+        deadline = time.monotonic() + TIMEOUT
+        while pending(srv, "one_slot") < 2:
+            assert time.monotonic() < deadline, "the two sequences never queued"
+            time.sleep(0.01)
+        # ...and a fourth finds it full, at once.
+        with pytest.raises(InferenceServerException) as info:
+            callers[3]("one_slot", 4, 1, start=True)
+        assert info.value.status() == "StatusCode.UNAVAILABLE", info.value.message()
+        assert "queue full" in info.value.message()
+        assert callers[0]("one_slot", 1, 1, end=True) == (2, 1)
+        assert sorted(done.get(timeout=TIMEOUT) for _ in waiting) == [(10, 2), (20, 3)]
+    finally:
+        for c in callers:
+            c.close()
+        srv.stop_and_check()

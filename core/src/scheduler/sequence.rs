@@ -564,7 +564,8 @@ pub fn new(
 
 impl Handle {
     /// Queues a request in its sequence, or refuses it: no correlation id, no START for a
-    /// sequence the batcher does not know, a request after END, or a full queue.
+    /// sequence the batcher does not know, a request after END, or a START that finds the
+    /// queue full.
     pub fn submit(&self, request: InferRequest, tx: ResponseTx, ticket: Ticket) -> Result<()> {
         let shared = &*self.shared;
         let model = &shared.model;
@@ -581,7 +582,9 @@ impl Handle {
             if state.closing {
                 return Err(Error::unavailable(format!("model '{model}' is unloading")));
             }
-            if state.queued >= shared.policy.queue_limit {
+            // Only new sequences are turned away: a sequence already open can always go on
+            // to its end, so the sequences holding slots are never starved by those waiting.
+            if start && state.queued >= shared.policy.queue_limit {
                 return Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
