@@ -1000,3 +1000,122 @@ impl ResponseHook for SequenceHook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrum_backend_api::Parameter;
+
+    fn request(parameters: Vec<(&str, ParamValue)>) -> InferRequest {
+        InferRequest {
+            model_name: "m".into(),
+            model_version: None,
+            id: String::new(),
+            parameters: parameters
+                .into_iter()
+                .map(|(k, v)| Parameter {
+                    key: k.into(),
+                    value: v,
+                })
+                .collect(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            delivery: Vec::new(),
+        }
+    }
+
+    fn config(sequence: &str) -> ModelConfig {
+        crate::config::parse_text(&format!(
+            "name: \"m\"\nmax_batch_size: 2\ninput [ {{ name: \"X\" data_type: TYPE_INT32 dims: [ 1 ] }} ]\n\
+             output [ {{ name: \"Y\" data_type: TYPE_INT32 dims: [ 1 ] }} ]\nsequence_batching {{ {sequence} }}"
+        ))
+        .unwrap()
+    }
+
+    fn policy(sequence: &str) -> Result<Option<SequencePolicy>> {
+        SequencePolicy::from_config(&config(sequence), 100, Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn correlation_ids_and_flags_are_read_from_the_parameters() {
+        let (id, start, end) = sequence_fields(&request(vec![
+            ("sequence_id", ParamValue::Int(7)),
+            ("sequence_start", ParamValue::Bool(true)),
+        ]))
+        .unwrap();
+        assert_eq!((id, start, end), (Some(SequenceId::Number(7)), true, false));
+        let (id, ..) =
+            sequence_fields(&request(vec![("sequence_id", ParamValue::Str("a".into()))])).unwrap();
+        assert_eq!(id, Some(SequenceId::Text("a".into())));
+        for none in [ParamValue::Int(0), ParamValue::Str("".into())] {
+            let (id, ..) = sequence_fields(&request(vec![("sequence_id", none)])).unwrap();
+            assert_eq!(id, None);
+        }
+        assert!(sequence_fields(&request(vec![("sequence_id", ParamValue::Int(-3))])).is_err());
+        assert!(sequence_fields(&request(vec![("sequence_end", ParamValue::Int(1))])).is_err());
+    }
+
+    #[test]
+    fn controls_and_states_are_checked_at_load() {
+        let ok = policy(
+            "control_input [ { name: \"S\" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ] \
+             state [ { input_name: \"I\" output_name: \"O\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.controls[0].values[1], 1f32.to_le_bytes());
+        assert_eq!(ok.states[0].initial.len(), 6 * 4);
+        assert_eq!(ok.idle, DEFAULT_IDLE);
+        for (bad, expected) in [
+            (
+                "control_input [ { name: \"S\" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 1 ] } ] } ]",
+                "exactly two values",
+            ),
+            (
+                "control_input [ { name: \"C\" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_FP32 } ] } ]",
+                "TYPE_UINT64",
+            ),
+            (
+                "state [ { input_name: \"I\" output_name: \"O\" data_type: TYPE_INT32 dims: [ 1 ] \
+                 initial_state: { data_type: TYPE_INT32 dims: [ 1 ] data_file: \"f\" name: \"x\" } } ]",
+                "cannot read",
+            ),
+            (
+                "state [ { input_name: \"I\" data_type: TYPE_INT32 dims: [ 1 ] } ]",
+                "output_name",
+            ),
+            (
+                "oldest { preferred_batch_size: [ 3 ] }",
+                "preferred_batch_size 3",
+            ),
+        ] {
+            let message = policy(bad).err().map(|e| e.message).unwrap_or_default();
+            assert!(message.contains(expected), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn backends_see_controls_and_states_as_inputs_and_outputs() {
+        let config = backend_config(&config(
+            "control_input [ { name: \"S\" control [ { kind: CONTROL_SEQUENCE_START bool_false_true: [ false, true ] } ] } ] \
+             state [ { input_name: \"I\" output_name: \"O\" data_type: TYPE_INT32 dims: [ 4 ] } ]",
+        ));
+        let inputs: Vec<_> = config.input.iter().map(|i| i.name.as_str()).collect();
+        let outputs: Vec<_> = config.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(inputs, ["X", "S", "I"]);
+        assert_eq!(outputs, ["Y", "O"]);
+        assert_eq!(
+            config.input[1].data_type,
+            crate::config::config_type_of(DataType::BOOL)
+        );
+    }
+
+    #[test]
+    fn correlation_ids_become_control_elements() {
+        let n = SequenceId::Number(258);
+        assert_eq!(corrid(&n, DataType::UINT64), 258u64.to_le_bytes());
+        assert_eq!(corrid(&n, DataType::INT32), 258i32.to_le_bytes());
+        let text = corrid(&SequenceId::Text("ab".into()), DataType::BYTES);
+        assert_eq!(text, [2, 0, 0, 0, b'a', b'b']);
+    }
+}
