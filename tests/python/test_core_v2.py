@@ -231,15 +231,6 @@ def testing_server(tmp_path_factory, testing_backends):
         extra="dynamic_batching { max_queue_delay_microseconds: 500000 preferred_batch_size: [ 4 ] }",
     )
     write_testing_model(repo, "mapped", report_mapping="true")
-    (repo / "ensemble").mkdir()
-    (repo / "ensemble" / "1").mkdir()
-    (repo / "ensemble" / "config.pbtxt").write_text(
-        'name: "ensemble"\nbackend: "testing"\nmax_batch_size: 1\n'
-        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        'ensemble_scheduling { step [ { model_name: "mapped" model_version: -1 '
-        'input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "OUTPUT0" } } ] }\n'
-    )
     srv = start_server(repo, backend_directory=testing_backends)
     yield srv
     srv.stop_and_check()
@@ -318,13 +309,6 @@ def test_outputs_land_in_the_clients_shared_memory_region(testing_server):
             client.unregister_system_shared_memory("out_region")
     finally:
         shm.destroy_shared_memory_region(handle)
-
-
-def test_configs_the_server_cannot_honour_are_refused_at_load(testing_server):
-    index = requests.post(f"{testing_server.http_base}/v2/repository/index", json={}, timeout=TIMEOUT)
-    row = next(r for r in index.json() if r["name"] == "ensemble")
-    assert row["state"] == "UNAVAILABLE", row
-    assert "ensemble_scheduling" in row["reason"], row
 
 
 # ------------------------------------------------------------------ extensions

@@ -20,23 +20,11 @@ const MODEL_FIELDS: &[&str] = &[
     "parameters",
     "dynamic_batching",
     "sequence_batching",
+    "ensemble_scheduling",
     // Handed to the backend, which applies what it supports (e.g. onnxruntime's graph level).
     "optimization",
     "model_transaction_policy",
 ];
-
-/// Top-level fields that change what a model means, so a config using one is refused at load
-/// rather than served wrongly.
-const REFUSED_FIELDS: &[&str] = &["ensemble_scheduling"];
-
-/// The first field set in `config` that the server refuses to load.
-pub fn refused_field(config: &ModelConfig) -> Option<&'static str> {
-    use crate::proto::inference::model_config::SchedulingChoice;
-    match &config.scheduling_choice {
-        Some(SchedulingChoice::EnsembleScheduling(_)) => Some(REFUSED_FIELDS[0]),
-        _ => None,
-    }
-}
 
 /// Fields of an input the server implements.
 const INPUT_FIELDS: &[&str] = &["name", "data_type", "dims", "format", "optional", "reshape"];
@@ -116,19 +104,5 @@ model_warmup [ { name: "w" } ]
                 "model_warmup".to_string()
             ]
         );
-    }
-}
-
-#[cfg(test)]
-mod refused {
-    #[test]
-    fn ensemble_configs_are_refused() {
-        let text = "name: \"m\"\nplatform: \"ensemble\"\nensemble_scheduling { }";
-        let config = super::super::parse_text(text).unwrap();
-        assert_eq!(super::refused_field(&config), Some("ensemble_scheduling"));
-        let sequence = super::super::parse_text("name: \"m\"\nsequence_batching { }").unwrap();
-        assert_eq!(super::refused_field(&sequence), None);
-        let plain = super::super::parse_text("name: \"m\"").unwrap();
-        assert_eq!(super::refused_field(&plain), None);
     }
 }

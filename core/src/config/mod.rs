@@ -111,12 +111,6 @@ pub fn is_decoupled(config: &ModelConfig) -> bool {
 
 /// Fills in Triton's defaults (name, version policy, instance group) and checks the config.
 pub fn normalize(config: &mut ModelConfig, model_name: &str) -> Result<()> {
-    if let Some(field) = fields::refused_field(config) {
-        return Err(Error::invalid(format!(
-            "model '{model_name}': '{field}' is not supported by this server yet; \
-             remove it from config.pbtxt"
-        )));
-    }
     if config.name.is_empty() {
         config.name = model_name.to_string();
     } else if config.name != model_name {

@@ -122,8 +122,8 @@ pub fn check_unload_parameters(parameters: &[(String, RepositoryParameter)]) -> 
 struct Prepared {
     /// The completed, checked config.
     config: ModelConfig,
-    /// The backend that serves it.
-    backend: Arc<LoadedBackend>,
+    /// The backend that serves it (none for an ensemble, which runs other models).
+    backend: Option<Arc<LoadedBackend>>,
     /// The versions to load, with their folders.
     versions: Vec<(i64, PathBuf)>,
 }
@@ -276,6 +276,37 @@ impl ModelManager {
         Ok(())
     }
 
+    /// Loads the models an ensemble's steps call that are not serving yet (an ensemble's
+    /// members load before it). Failures show in the members' own state and in the
+    /// ensemble's load error.
+    fn load_members(&self, ensemble: &str, config: &ModelConfig) {
+        const DEEPEST: usize = 8;
+        let depth = self
+            .member_depth
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if depth >= DEEPEST {
+            tracing::error!(
+                model = ensemble,
+                "ensembles nest deeper than {DEEPEST} levels (or call each other): its members are not loaded"
+            );
+        } else {
+            for member in super::members(config) {
+                if member == ensemble || self.get(&member, None).is_ok() {
+                    continue;
+                }
+                match self.find_in_repositories(&member) {
+                    Ok(dir) => {
+                        tracing::info!(model = %member, "loading as a member of ensemble '{ensemble}'");
+                        let _ = self.load_dir(&member, &dir, None, None);
+                    }
+                    Err(e) => tracing::error!(model = ensemble, "member '{member}': {}", e.message),
+                }
+            }
+        }
+        self.member_depth
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn find_in_repositories(&self, name: &str) -> Result<PathBuf> {
         let scan = repository::scan(&self.repositories)?;
         if let Some((_, e)) = scan.conflicts.into_iter().find(|(n, _)| n == name) {
@@ -320,6 +351,9 @@ impl ModelManager {
             }
         };
         drop(models);
+        if prepared.backend.is_none() {
+            self.load_members(name, &prepared.config);
+        }
 
         let same_config = old_config.as_ref() == Some(&prepared.config);
         let mut versions = BTreeMap::new();
@@ -333,27 +367,36 @@ impl ModelManager {
             let reusable = old_versions.get(version).filter(|old| {
                 same_config
                     && old.fingerprint == version_fp
-                    && old
-                        .live
-                        .as_ref()
-                        .is_some_and(|l| l.uses_backend(&prepared.backend))
+                    && old.live.as_ref().is_some_and(|l| match &prepared.backend {
+                        Some(backend) => l.uses_backend(backend),
+                        None => true,
+                    })
             });
             if let Some(old) = reusable {
                 versions.insert(*version, old.clone());
                 continue;
             }
-            let loaded = LiveModel::load(
-                &prepared.config,
-                Arc::clone(&prepared.backend),
-                dir,
-                *version,
-                path,
-                super::live::Serving {
-                    stats: self.stats.model(name, *version),
-                    queue_limit: self.queue_limit,
-                    owners: &self.sequences,
-                },
-            );
+            let loaded = match &prepared.backend {
+                Some(backend) => LiveModel::load(
+                    &prepared.config,
+                    Arc::clone(backend),
+                    dir,
+                    *version,
+                    path,
+                    super::live::Serving {
+                        stats: self.stats.model(name, *version),
+                        queue_limit: self.queue_limit,
+                        owners: &self.sequences,
+                    },
+                ),
+                None => LiveModel::ensemble(
+                    &prepared.config,
+                    *version,
+                    self.stats.model(name, *version),
+                    self.plugins.host().clone(),
+                    |member| self.get(member, None).ok().map(|l| l.config.clone()),
+                ),
+            };
             let record = match loaded {
                 Ok(live) => {
                     tracing::info!(model = name, version, "loaded, ready");
@@ -488,6 +531,25 @@ impl ModelManager {
                 )));
             }
         };
+        if super::is_ensemble(&config) {
+            config::normalize(&mut config, name)?;
+            let available: Vec<i64> = fingerprint.versions.keys().copied().collect();
+            let selected = repository::select_versions(config.version_policy.as_ref(), &available);
+            let versions = selected
+                .into_iter()
+                .filter_map(|v| folders.get(&v).map(|p| (v, p.clone())))
+                .collect::<Vec<_>>();
+            if versions.is_empty() {
+                return Err(Error::invalid(format!(
+                    "ensemble '{name}' has no version folder that its version policy selects (found {available:?})"
+                )));
+            }
+            return Ok(Prepared {
+                config,
+                backend: None,
+                versions,
+            });
+        }
         if config.backend.is_empty() && config.platform.is_empty() {
             match repository::guess_backend(&folders) {
                 Some(backend) => config.backend = backend.to_string(),
@@ -523,7 +585,7 @@ impl ModelManager {
             .collect();
         Ok(Prepared {
             config,
-            backend,
+            backend: Some(backend),
             versions,
         })
     }

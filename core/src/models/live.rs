@@ -85,6 +85,8 @@ pub struct LiveModel {
     pub serial: u64,
     /// Whether the model has a sequence batcher.
     pub sequences: bool,
+    /// The graph, for an ensemble (which has no engine of its own).
+    ensemble: Option<Arc<super::ensemble::Ensemble>>,
 }
 
 /// A declared tensor as (name, data_type, dims, optional, reshape).
@@ -215,6 +217,53 @@ pub struct Serving<'a> {
 }
 
 impl LiveModel {
+    /// An ensemble version: its graph checked against the members loaded now.
+    pub fn ensemble(
+        config: &ModelConfig,
+        version: i64,
+        stats: Arc<crate::stats::ModelStats>,
+        host: crate::plugins::ServerHost,
+        member: impl Fn(&str) -> Option<ModelConfig>,
+    ) -> Result<LiveModel> {
+        let ensemble = super::ensemble::Ensemble::new(config, host, member)?;
+        let declared = |list: Vec<Declared>| specs(list.into_iter());
+        let inputs = declared(
+            config
+                .input
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.data_type,
+                        t.dims.clone(),
+                        t.optional,
+                        None,
+                    )
+                })
+                .collect(),
+        )?;
+        let outputs = declared(
+            config
+                .output
+                .iter()
+                .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false, None))
+                .collect(),
+        )?;
+        Ok(LiveModel {
+            engine: None,
+            name: config.name.clone(),
+            version,
+            stats,
+            config: config.clone(),
+            config_json: config::to_json(config)?,
+            inputs,
+            outputs,
+            serial: super::sequences::next_serial(),
+            sequences: false,
+            ensemble: Some(Arc::new(ensemble)),
+        })
+    }
+
     /// Loads a version through its backend and starts its instances.
     pub fn load(
         config: &ModelConfig,
@@ -325,6 +374,7 @@ impl LiveModel {
             inputs,
             outputs,
             serial,
+            ensemble: None,
             sequences: matches!(
                 config.scheduling_choice,
                 Some(crate::proto::inference::model_config::SchedulingChoice::SequenceBatching(_))
@@ -345,6 +395,9 @@ impl LiveModel {
         request: InferRequest,
         ticket: crate::scheduler::Ticket,
     ) -> Result<crate::scheduler::ResponseRx> {
+        if let Some(ensemble) = &self.ensemble {
+            return ensemble.submit(request, ticket);
+        }
         match &self.engine {
             Some(engine) => engine.scheduler.submit(request, ticket),
             None => Err(Error::unavailable(format!(

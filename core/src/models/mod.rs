@@ -2,6 +2,7 @@
 //! table (model, version) → live model, and reports every model's state.
 
 mod classify;
+mod ensemble;
 mod lifecycle;
 mod live;
 mod reshape;
@@ -19,6 +20,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::plugins::Plugins;
 pub use classify::classify;
+pub use ensemble::{is_ensemble, members};
 pub use lifecycle::{LoadOverride, LoadValue, RepositoryParameter, check_unload_parameters};
 pub use live::{LiveModel, TensorSpec};
 pub use sequences::SequenceOwners;
@@ -171,6 +173,8 @@ pub struct ModelManager {
     draining: Mutex<Vec<(String, i64, Weak<LiveModel>)>>,
     /// Serializes loads, unloads and rescans; requests never wait on it.
     lifecycle: Mutex<()>,
+    /// How deep the load of ensemble members is nested right now.
+    member_depth: std::sync::atomic::AtomicUsize,
     /// Statistics of every model version.
     pub stats: Arc<crate::stats::StatsRegistry>,
     /// The version each open sequence runs on.
@@ -194,6 +198,7 @@ impl ModelManager {
             routes: ArcSwap::from_pointee(Routes::default()),
             draining: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
+            member_depth: Default::default(),
             stats: Default::default(),
             sequences: Default::default(),
         }

@@ -31,6 +31,12 @@ impl ServerHost {
         let _ = self.core.set((Arc::downgrade(core), runtime));
     }
 
+    /// The core and its runtime, once attached and while the core lives.
+    pub fn core(&self) -> Option<(Arc<Core>, tokio::runtime::Handle)> {
+        let (core, runtime) = self.core.get()?;
+        Some((core.upgrade()?, runtime.clone()))
+    }
+
     /// The host as it crosses the ABI.
     pub fn to_ffi(&self) -> Host {
         HostObj_TO::from_ptr(RArc::new(self.clone()), TD_Opaque)

@@ -91,6 +91,11 @@ impl Plugins {
         })
     }
 
+    /// The services offered to backends (and the way to the core).
+    pub fn host(&self) -> &ServerHost {
+        &self.host
+    }
+
     /// The backend directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -24,7 +24,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::server::InferRequest;
 use crate::stats::{ComputeTimes, ModelStats};
-pub use channel::{ResponseRx, ResponseTx};
+pub use channel::{ResponseRx, ResponseTx, responses};
 pub use dynamic_batcher::{ADAPTIVE_BATCHING, BatchPolicy};
 pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
