@@ -477,10 +477,19 @@ impl Core {
     ) -> Result<()> {
         crate::models::check_unload_parameters(parameters)?;
         self.check_explicit()?;
+        let with_members = parameters.iter().any(|(key, value)| {
+            key == "unload_dependents" && matches!(value, RepositoryParameter::Bool(true))
+        });
         let models = Arc::clone(&self.models);
-        tokio::task::spawn_blocking(move || models.unload(&name))
-            .await
-            .map_err(|e| Error::internal(format!("model unload was interrupted: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            if with_members {
+                models.unload_with_members(&name)
+            } else {
+                models.unload(&name)
+            }
+        })
+        .await
+        .map_err(|e| Error::internal(format!("model unload was interrupted: {e}")))?
     }
 
     /// Statistics of the ready versions of one model (or of every model), ordered by model

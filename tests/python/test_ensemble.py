@@ -193,6 +193,19 @@ def test_members_load_before_their_ensemble_in_explicit_mode(tmp_path):
         a, b = pair(4)
         got = infer("http", srv, "outer", {"X": a, "Y": b}, ["FOUR_X"])
         np.testing.assert_array_equal(got["FOUR_X"], 4 * a)
+        control = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
+        # Without unload_dependents only the ensemble goes...
+        control.unload_model("outer")
+        assert [ready(m) for m in ("outer", "chain", "simple")] == [400, 200, 200]
+        # ...with it, its members go too (nested ensembles' members included).
+        control.load_model("outer")
+        control.load_model("diamond")
+        control.unload_model("outer", unload_dependents=True)
+        # simple stays: diamond still calls it.
+        assert [ready(m) for m in ("outer", "chain", "simple", "diamond")] == [400, 400, 200, 200]
+        control.unload_model("diamond", unload_dependents=True)
+        assert ready("simple") == 400
+        control.close()
     finally:
         srv.stop_and_check()
 

@@ -106,7 +106,7 @@ impl LoadOverride {
 }
 
 /// Checks an unload request's parameters: the only one known is `unload_dependents`, a
-/// boolean (accepted; there are no ensembles whose members it would unload).
+/// boolean (true: an ensemble's members go with it, see [`ModelManager::unload_with_members`]).
 pub fn check_unload_parameters(parameters: &[(String, RepositoryParameter)]) -> Result<()> {
     match parameters.iter().find(|(key, value)| {
         key != "unload_dependents" || !matches!(value, RepositoryParameter::Bool(_))
@@ -228,6 +228,32 @@ impl ModelManager {
                 .into_iter()
                 .filter_map(|(v, r)| r.live.map(|l| (v, l))),
         );
+        Ok(())
+    }
+
+    /// Unloads an ensemble and then each of its members that no other loaded ensemble
+    /// calls (Triton's `unload_dependents`), nested ensembles' members included. Blocking.
+    pub fn unload_with_members(&self, name: &str) -> Result<()> {
+        let members = self
+            .models
+            .read()
+            .get(name)
+            .and_then(|r| r.config.as_ref())
+            .map(super::members)
+            .unwrap_or_default();
+        self.unload(name)?;
+        for member in members {
+            let still_called = self.models.read().iter().any(|(other, r)| {
+                other != &member
+                    && r.versions.values().any(|v| v.live.is_some())
+                    && r.config
+                        .as_ref()
+                        .is_some_and(|c| super::members(c).contains(&member))
+            });
+            if !still_called && self.get(&member, None).is_ok() {
+                self.unload_with_members(&member)?;
+            }
+        }
         Ok(())
     }
 
