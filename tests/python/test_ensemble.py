@@ -18,6 +18,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from ferrum_harness import REPO_ROOT, start_server
 
@@ -262,3 +263,76 @@ def test_a_member_reloaded_under_load_fails_no_ensemble_request(tmp_path):
         srv.stop_and_check()
     assert not failures, failures[:3]
     assert served[0] > 0
+
+
+def test_an_ensemble_over_a_decoupled_model_streams_over_grpc(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO_ROOT / "model_repository" / "repeat_int32", repo / "repeat_int32")
+    (repo / "echo_int" / "1").mkdir(parents=True)
+    (repo / "echo_int" / "config.pbtxt").write_text(
+        'name: "echo_int"\nbackend: "identity"\nmax_batch_size: 0\n'
+        f"input [ {tensor('INPUT0', dims='[ 1 ]')} ]\noutput [ {tensor('OUTPUT0', dims='[ 1 ]')} ]\n"
+    )
+    # Each response of repeat_int32 runs echo_int on its own and answers the client.
+    ensemble(
+        repo, "streamed",
+        [tensor("IN", dims="[ -1 ]"), tensor("DELAY", "TYPE_UINT32", "[ -1 ]"),
+         tensor("WAIT", "TYPE_UINT32", "[ 1 ]")],
+        [tensor("ECHOED", dims="[ 1 ]"), tensor("INDEX", "TYPE_UINT32", "[ 1 ]")],
+        [
+            step("repeat_int32", {"IN": "IN", "DELAY": "DELAY", "WAIT": "WAIT"},
+                 {"OUT": "VALUE", "IDX": "INDEX"}),
+            step("echo_int", {"INPUT0": "VALUE"}, {"OUTPUT0": "ECHOED"}),
+        ],
+        max_batch=0,
+    )
+    srv = start_server(repo)
+    import queue as queue_module
+
+    received: queue_module.Queue = queue_module.Queue()
+    client = grpcclient.InferenceServerClient(srv.grpc_url)
+    try:
+        values = np.array([7, -3, 12, 5], dtype=np.int32)
+        inputs = []
+        for name, arr, dtype in (
+            ("IN", values, "INT32"),
+            ("DELAY", np.array([5, 5, 5, 5], dtype=np.uint32), "UINT32"),
+            ("WAIT", np.array([0], dtype=np.uint32), "UINT32"),
+        ):
+            inp = grpcclient.InferInput(name, list(arr.shape), dtype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        client.start_stream(callback=lambda result, error: received.put((result, error)))
+        client.async_stream_infer("streamed", inputs, enable_empty_final_response=True)
+        got = []
+        while True:
+            result, error = received.get(timeout=TIMEOUT)
+            assert error is None, (error.status(), error.message())
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            if response.outputs:
+                got.append((int(result.as_numpy("INDEX")[0]), int(result.as_numpy("ECHOED")[0])))
+            if final:
+                break
+        assert got == [(i, int(v)) for i, v in enumerate(values)]
+        client.stop_stream()
+        # Over HTTP (one response per request) the decoupled ensemble is refused clearly.
+        http = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
+        h_inputs = []
+        for name, arr, dtype in (
+            ("IN", values, "INT32"),
+            ("DELAY", np.array([5, 5, 5, 5], dtype=np.uint32), "UINT32"),
+            ("WAIT", np.array([0], dtype=np.uint32), "UINT32"),
+        ):
+            h = httpclient.InferInput(name, list(arr.shape), dtype)
+            h.set_data_from_numpy(arr)
+            h_inputs.append(h)
+        with pytest.raises(InferenceServerException) as info:
+            http.infer("streamed", h_inputs)
+        assert info.value.status() == "400", info.value.message()
+        assert "decoupled" in info.value.message()
+        http.close()
+    finally:
+        client.close()
+        srv.stop_and_check()

@@ -53,6 +53,8 @@ struct Step {
     inputs: Vec<(String, String)>,
     /// (the model's output, the ensemble tensor it writes).
     outputs: Vec<(String, String)>,
+    /// The model may send any number of responses: each one continues the graph on its own.
+    decoupled: bool,
 }
 
 /// A loaded ensemble: its steps, and the core that runs them.
@@ -63,6 +65,8 @@ pub struct Ensemble {
     steps: Vec<Step>,
     /// The ensemble's outputs, by name.
     outputs: Vec<String>,
+    /// A step is decoupled, so the ensemble may answer any number of times.
+    decoupled: bool,
     /// Reaches the core.
     host: ServerHost,
 }
@@ -148,16 +152,6 @@ impl Ensemble {
             }
             let member_config = member(&s.model_name)
                 .ok_or_else(|| at(format!("model '{}' is not loaded", s.model_name)))?;
-            if member_config
-                .model_transaction_policy
-                .as_ref()
-                .is_some_and(|p| p.decoupled)
-            {
-                return Err(at(format!(
-                    "model '{}' is decoupled; ensembles of decoupled models are not supported yet",
-                    s.model_name
-                )));
-            }
             for model_output in s.output_map.keys() {
                 if declared(&member_config, false, model_output).is_none() {
                     return Err(at(format!(
@@ -180,7 +174,9 @@ impl Ensemble {
                 }
             }
             let version = (s.model_version > 0).then_some(s.model_version);
+            let decoupled = crate::config::is_decoupled(&member_config);
             steps.push(Step {
+                decoupled,
                 model: s.model_name.clone(),
                 version,
                 inputs: s
@@ -270,13 +266,20 @@ impl Ensemble {
         check_acyclic(name, &steps, &producer)?;
         Ok(Ensemble {
             name: name.clone(),
+            decoupled: steps.iter().any(|s| s.decoupled),
             steps,
             outputs: config.output.iter().map(|o| o.name.clone()).collect(),
             host,
         })
     }
 
-    /// Starts a request through the graph; its one response arrives on the returned channel.
+    /// Whether a step is decoupled (the ensemble then answers once per path through the
+    /// graph, and clients call it with the streaming API).
+    pub fn decoupled(&self) -> bool {
+        self.decoupled
+    }
+
+    /// Starts a request through the graph; its responses arrive on the returned channel.
     pub fn submit(self: &Arc<Self>, request: InferRequest, ticket: Ticket) -> Result<ResponseRx> {
         let Some((core, runtime)) = self.host.core() else {
             return Err(Error::unavailable("the server is not ready for inference"));
@@ -284,113 +287,55 @@ impl Ensemble {
         let (tx, rx) = responses();
         let ensemble = Arc::clone(self);
         runtime.spawn(async move {
-            let result = ensemble.run(&core, request, &ticket).await;
-            tx.send(ResponseMessage {
-                result: result.map(Some),
-                is_final: true,
-                timing: None,
-                rejected: false,
-            });
+            let run = Run {
+                ensemble: &ensemble,
+                core: &core,
+                request: &request,
+                ticket: &ticket,
+                tx: &tx,
+            };
+            let values = request
+                .inputs
+                .iter()
+                .map(|t| {
+                    let value = Value {
+                        datatype: t.datatype,
+                        shape: t.shape.clone(),
+                        data: t.data.to_bytes(),
+                    };
+                    (t.name.clone(), value)
+                })
+                .collect();
+            let done = vec![false; ensemble.steps.len()];
+            let result = run.branch(values, done).await;
+            let message = match result {
+                // A decoupled ensemble has sent its responses; the final flag ends them.
+                Ok(None) => ResponseMessage {
+                    result: Ok(None),
+                    is_final: true,
+                    timing: None,
+                    rejected: false,
+                },
+                Ok(Some(outputs)) => ResponseMessage {
+                    result: Ok(Some(outputs)),
+                    is_final: true,
+                    timing: None,
+                    rejected: false,
+                },
+                Err(e) => ResponseMessage {
+                    result: Err(e),
+                    is_final: true,
+                    timing: None,
+                    rejected: false,
+                },
+            };
+            tx.send(message);
         });
         Ok(rx)
     }
 
-    /// Runs every step as soon as its tensors exist; returns the ensemble's outputs.
-    async fn run(
-        &self,
-        core: &Arc<crate::server::Core>,
-        request: InferRequest,
-        ticket: &Ticket,
-    ) -> Result<Outputs> {
-        let mut values: HashMap<String, Value> = request
-            .inputs
-            .iter()
-            .map(|t| {
-                let value = Value {
-                    datatype: t.datatype,
-                    shape: t.shape.clone(),
-                    data: t.data.to_bytes(),
-                };
-                (t.name.clone(), value)
-            })
-            .collect();
-        let mut started = vec![false; self.steps.len()];
-        let mut running = tokio::task::JoinSet::new();
-        let mut left = self.steps.len();
-        while left > 0 {
-            for (i, step) in self.steps.iter().enumerate() {
-                if started[i] || !step.inputs.iter().all(|(_, t)| values.contains_key(t)) {
-                    continue;
-                }
-                started[i] = true;
-                let member = InferRequest {
-                    model_name: step.model.clone(),
-                    model_version: step.version,
-                    id: request.id.clone(),
-                    parameters: request.parameters.clone(),
-                    inputs: step
-                        .inputs
-                        .iter()
-                        .filter_map(|(input, tensor)| {
-                            let v = values.get(tensor)?;
-                            Some(InputTensor {
-                                name: input.clone(),
-                                datatype: v.datatype,
-                                shape: v.shape.clone(),
-                                data: v.data.clone().into(),
-                            })
-                        })
-                        .collect(),
-                    outputs: step.outputs.iter().map(|(o, _)| o.clone()).collect(),
-                    delivery: Vec::new(),
-                };
-                let core = Arc::clone(core);
-                running.spawn(async move { (i, core.infer(member).await) });
-            }
-            if ticket.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(Error::cancelled("the ensemble request was cancelled"));
-            }
-            let Some(joined) = running.join_next().await else {
-                return Err(Error::internal(format!(
-                    "ensemble '{}' has steps whose inputs never appear",
-                    self.name
-                )));
-            };
-            let (i, answer) =
-                joined.map_err(|e| Error::internal(format!("an ensemble step failed: {e}")))?;
-            let step = &self.steps[i];
-            let response = answer.map_err(|e| {
-                Error::new(
-                    e.kind,
-                    format!(
-                        "ensemble '{}' step {i} (model '{}'): {}",
-                        self.name, step.model, e.message
-                    ),
-                )
-            })?;
-            let mut produced: BTreeMap<String, OutputData> = response
-                .outputs
-                .into_iter()
-                .map(|o| (o.name.clone(), o))
-                .collect();
-            for (output, tensor) in &step.outputs {
-                let o = produced.remove(output).ok_or_else(|| {
-                    Error::internal(format!(
-                        "ensemble '{}' step {i}: model '{}' did not return output '{output}'",
-                        self.name, step.model
-                    ))
-                })?;
-                values.insert(
-                    tensor.clone(),
-                    Value {
-                        datatype: o.datatype,
-                        shape: o.shape,
-                        data: o.data,
-                    },
-                );
-            }
-            left -= 1;
-        }
+    /// The ensemble's outputs (those the request asked for) from a finished path.
+    fn outputs(&self, request: &InferRequest, values: &HashMap<String, Value>) -> Result<Outputs> {
         let wanted: Vec<&String> = if request.outputs.is_empty() {
             self.outputs.iter().collect()
         } else {
@@ -412,6 +357,186 @@ impl Ensemble {
         Ok(Outputs {
             outputs,
             parameters: Vec::new(),
+        })
+    }
+
+    /// The request a step sends its model, its inputs taken from `values`.
+    fn step_request(
+        &self,
+        step: &Step,
+        request: &InferRequest,
+        values: &HashMap<String, Value>,
+    ) -> InferRequest {
+        InferRequest {
+            model_name: step.model.clone(),
+            model_version: step.version,
+            id: request.id.clone(),
+            parameters: request.parameters.clone(),
+            inputs: step
+                .inputs
+                .iter()
+                .filter_map(|(input, tensor)| {
+                    let v = values.get(tensor)?;
+                    Some(InputTensor {
+                        name: input.clone(),
+                        datatype: v.datatype,
+                        shape: v.shape.clone(),
+                        data: v.data.clone().into(),
+                    })
+                })
+                .collect(),
+            outputs: step.outputs.iter().map(|(o, _)| o.clone()).collect(),
+            delivery: Vec::new(),
+        }
+    }
+
+    /// Adds what a step returned to `values`, under the ensemble's tensor names.
+    fn take_outputs(
+        &self,
+        i: usize,
+        response: crate::server::InferResponse,
+        values: &mut HashMap<String, Value>,
+    ) -> Result<()> {
+        let step = &self.steps[i];
+        let mut produced: BTreeMap<String, OutputData> = response
+            .outputs
+            .into_iter()
+            .map(|o| (o.name.clone(), o))
+            .collect();
+        for (output, tensor) in &step.outputs {
+            let o = produced.remove(output).ok_or_else(|| {
+                Error::internal(format!(
+                    "ensemble '{}' step {i}: model '{}' did not return output '{output}'",
+                    self.name, step.model
+                ))
+            })?;
+            values.insert(
+                tensor.clone(),
+                Value {
+                    datatype: o.datatype,
+                    shape: o.shape,
+                    data: o.data,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A step's error, naming the step.
+    fn step_error(&self, i: usize, e: Error) -> Error {
+        Error::new(
+            e.kind,
+            format!(
+                "ensemble '{}' step {i} (model '{}'): {}",
+                self.name, self.steps[i].model, e.message
+            ),
+        )
+    }
+}
+
+/// One request going through an ensemble.
+struct Run<'a> {
+    /// The graph.
+    ensemble: &'a Ensemble,
+    /// Runs the steps.
+    core: &'a Arc<crate::server::Core>,
+    /// The ensemble's request.
+    request: &'a InferRequest,
+    /// Cancellation.
+    ticket: &'a Ticket,
+    /// Where a decoupled ensemble's responses go.
+    tx: &'a crate::scheduler::ResponseTx,
+}
+
+impl Run<'_> {
+    /// Runs the steps not yet `done` on `values`: the others as soon as their tensors exist
+    /// (side by side), a decoupled one once nothing else is running, each of its responses
+    /// continuing the graph on a copy of the tensors so far. Returns the outputs of a
+    /// non-decoupled ensemble; a decoupled one sends a response per finished path.
+    fn branch(
+        &self,
+        mut values: HashMap<String, Value>,
+        mut done: Vec<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Outputs>>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let ensemble = self.ensemble;
+            let mut started = done.clone();
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                if self
+                    .ticket
+                    .cancelled
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(Error::cancelled("the ensemble request was cancelled"));
+                }
+                let ready = |i: usize, values: &HashMap<String, Value>, started: &[bool]| {
+                    !started[i]
+                        && ensemble.steps[i]
+                            .inputs
+                            .iter()
+                            .all(|(_, t)| values.contains_key(t))
+                };
+                for (i, step) in ensemble.steps.iter().enumerate() {
+                    if step.decoupled || !ready(i, &values, &started) {
+                        continue;
+                    }
+                    started[i] = true;
+                    let member = ensemble.step_request(step, self.request, &values);
+                    let core = Arc::clone(self.core);
+                    running.spawn(async move { (i, core.infer(member).await) });
+                }
+                if let Some(joined) = running.join_next().await {
+                    let (i, answer) = joined
+                        .map_err(|e| Error::internal(format!("an ensemble step failed: {e}")))?;
+                    let response = answer.map_err(|e| ensemble.step_error(i, e))?;
+                    ensemble.take_outputs(i, response, &mut values)?;
+                    done[i] = true;
+                    continue;
+                }
+                // Nothing running: a ready decoupled step, or the end of this path.
+                let Some(i) = (0..ensemble.steps.len())
+                    .find(|&i| ensemble.steps[i].decoupled && ready(i, &values, &started))
+                else {
+                    if done.iter().all(|d| *d) {
+                        let outputs = ensemble.outputs(self.request, &values)?;
+                        if ensemble.decoupled {
+                            self.tx.send(ResponseMessage {
+                                result: Ok(Some(outputs)),
+                                is_final: false,
+                                timing: None,
+                                rejected: false,
+                            });
+                            return Ok(None);
+                        }
+                        return Ok(Some(outputs));
+                    }
+                    return Err(Error::internal(format!(
+                        "ensemble '{}' has steps whose inputs never appear",
+                        ensemble.name
+                    )));
+                };
+                let member = ensemble.step_request(&ensemble.steps[i], self.request, &values);
+                let mut stream = self
+                    .core
+                    .infer_stream(member)
+                    .map_err(|e| ensemble.step_error(i, e))?;
+                while let Some(item) = stream.next().await {
+                    let item = item.map_err(|e| ensemble.step_error(i, e))?;
+                    if let Some(response) = item.response {
+                        let mut path = values.clone();
+                        ensemble.take_outputs(i, response, &mut path)?;
+                        let mut path_done = done.clone();
+                        path_done[i] = true;
+                        self.branch(path, path_done).await?;
+                    }
+                    if item.is_final {
+                        break;
+                    }
+                }
+                return Ok(None);
+            }
         })
     }
 }

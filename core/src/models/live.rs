@@ -409,7 +409,7 @@ impl LiveModel {
 
     /// Whether the model may send several responses per request.
     pub fn decoupled(&self) -> bool {
-        config::is_decoupled(&self.config)
+        config::is_decoupled(&self.config) || self.ensemble.as_ref().is_some_and(|e| e.decoupled())
     }
 
     /// Whether the model takes a batch dimension.
