@@ -323,6 +323,89 @@ pub fn host_infer(
     Ok(results.into_iter().map(InferResult::from_ffi).collect())
 }
 
+/// Starts an inference on another model of the same server and returns at once: start
+/// several, then wait on each, and they run at the same time (since 1.2). Inputs are copied
+/// into the new request. Sequence fields (`sequence_id`, `sequence_start`, `sequence_end`)
+/// go in `parameters` like any other.
+pub fn host_start(
+    model_name: &str,
+    model_version: i64,
+    inputs: &[Tensor<'_>],
+    requested_outputs: &[&str],
+    parameters: &[Parameter],
+) -> Result<HostCall, BackendError> {
+    let host = HOST
+        .get()
+        .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
+    let mut request = host
+        .new_request(RStr::from_str(model_name), model_version)
+        .into_result()?;
+    for p in parameters {
+        request.add_parameter(p.value.to_ffi(&p.key));
+    }
+    for t in inputs {
+        let data = t.data();
+        request.add_input(
+            RStr::from_str(t.name),
+            t.datatype,
+            RSlice::from_slice(t.shape),
+            RSlice::from_slice(&data),
+        );
+    }
+    for o in requested_outputs {
+        request.add_requested_output(RStr::from_str(o));
+    }
+    let call = request.start().into_result()?;
+    Ok(HostCall { call: Some(call) })
+}
+
+/// An inference started with [`host_start`]; dropping it before its last response cancels
+/// the inference.
+pub struct HostCall {
+    /// The call; none once it ended.
+    call: Option<crate::ffi::HostCallBox>,
+}
+
+impl Iterator for HostCall {
+    type Item = Result<InferResult, BackendError>;
+
+    /// Waits for the next response (a decoupled model may send many); `None` after the last.
+    fn next(&mut self) -> Option<Self::Item> {
+        let call = self.call.as_mut()?;
+        match call.next() {
+            abi_stable::std_types::ROption::RNone => {
+                self.call = None;
+                None
+            }
+            abi_stable::std_types::ROption::RSome(r) => {
+                Some(r.into_result().map(InferResult::from_ffi))
+            }
+        }
+    }
+}
+
+impl HostCall {
+    /// Waits for every response.
+    pub fn wait(self) -> Result<Vec<InferResult>, BackendError> {
+        self.collect()
+    }
+
+    /// Cancels the inference.
+    pub fn cancel(mut self) {
+        if let Some(mut call) = self.call.take() {
+            call.cancel();
+        }
+    }
+}
+
+impl Drop for HostCall {
+    fn drop(&mut self) {
+        if let Some(mut call) = self.call.take() {
+            call.cancel();
+        }
+    }
+}
+
 struct BackendAdapter<B>(Guarded<B>);
 struct ModelAdapter<M>(Guarded<M>);
 struct InstanceAdapter<I>(Guarded<I>);

@@ -100,7 +100,30 @@ pub trait HostRequestObj: Send {
     /// the server is waiting on (for example from inside `execute` of the model being called).
     #[sabi(last_prefix_field)]
     fn infer(&mut self) -> RResult<RVec<InferResultBox>, BackendError>;
+
+    /// Starts the inference and returns at once; its responses arrive through the returned
+    /// call, so a backend can run several inferences at the same time. Since 1.2.
+    fn start(&mut self) -> RResult<HostCallBox, BackendError> {
+        RResult::RErr(BackendError::unsupported(
+            "this server does not start inferences asynchronously",
+        ))
+    }
 }
+
+/// An inference a backend started through the host (since 1.2).
+#[sabi_trait]
+pub trait HostCallObj: Send {
+    /// Waits for the next response: `None` once the inference has sent its last one. An error
+    /// ends the inference.
+    fn next(&mut self) -> ROption<RResult<InferResultBox, BackendError>>;
+
+    /// Cancels the inference; responses not yet received are dropped.
+    #[sabi(last_prefix_field)]
+    fn cancel(&mut self);
+}
+
+/// A started inference as it crosses the boundary.
+pub type HostCallBox = HostCallObj_TO<'static, RBox<()>>;
 
 /// A backend-built inference request as it crosses the boundary.
 pub type HostRequestBox = HostRequestObj_TO<'static, RBox<()>>;

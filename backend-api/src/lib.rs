@@ -18,8 +18,8 @@ mod types;
 
 pub use abi_stable;
 pub use author::{
-    Backend, Instance, InstanceContext, Model, ModelContext, SimpleBackend, SimpleModel,
-    SimpleShared, create_backend, guard, host_infer, log, root_module,
+    Backend, HostCall, Instance, InstanceContext, Model, ModelContext, SimpleBackend, SimpleModel,
+    SimpleShared, create_backend, guard, host_infer, host_start, log, root_module,
 };
 pub use element::Element;
 pub use ffi::*;

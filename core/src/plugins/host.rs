@@ -7,9 +7,9 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RVec};
 use bytes::Bytes;
 use ferrum_backend_api::{
-    BackendError, BufferRef, DataType, Host, HostObj, HostObj_TO, HostRequestBox, HostRequestObj,
-    HostRequestObj_TO, InferResultBox, InferResultObj, InferResultObj_TO, LogLevel, ParamRef,
-    Parameter, TensorInfo,
+    BackendError, BufferRef, DataType, Host, HostCallBox, HostCallObj, HostCallObj_TO, HostObj,
+    HostObj_TO, HostRequestBox, HostRequestObj, HostRequestObj_TO, InferResultBox, InferResultObj,
+    InferResultObj_TO, LogLevel, ParamRef, Parameter, TensorInfo,
 };
 
 use crate::scheduler::{host_buffer, tensor_info};
@@ -82,12 +82,43 @@ struct HostRequest {
     request: Option<InferRequest>,
 }
 
+thread_local! {
+    /// The model whose `execute` this thread is running (instance threads only).
+    static EXECUTING: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Marks the current thread as running `execute` of `model` until the guard drops.
+pub fn executing(model: &Arc<str>) -> impl Drop {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXECUTING.with(|e| e.borrow_mut().take());
+        }
+    }
+    EXECUTING.with(|e| *e.borrow_mut() = Some(Arc::clone(model)));
+    Reset
+}
+
 impl HostRequest {
-    fn run(&mut self) -> Result<Vec<InferResponse>, BackendError> {
+    /// The request to run, the core and its runtime; refuses a model calling itself from its
+    /// own `execute` (its instances would wait on themselves).
+    fn take(&mut self) -> Result<(InferRequest, Arc<Core>, tokio::runtime::Handle), BackendError> {
         let request = self
             .request
             .take()
             .ok_or_else(|| BackendError::internal("this host request already ran"))?;
+        let calling_itself = EXECUTING.with(|e| {
+            e.borrow()
+                .as_deref()
+                .is_some_and(|m| m == request.model_name)
+        });
+        if calling_itself {
+            return Err(BackendError::invalid_argument(format!(
+                "model '{}' cannot call itself from its own execute: its instances would wait \
+                 on themselves (call another model, or answer later from a thread of your own)",
+                request.model_name
+            )));
+        }
         let Some((core, runtime)) = self.host.core.get() else {
             return Err(BackendError::unavailable(
                 "the server is not ready for inference",
@@ -96,28 +127,93 @@ impl HostRequest {
         let Some(core) = core.upgrade() else {
             return Err(BackendError::unavailable("the server is shutting down"));
         };
+        Ok((request, core, runtime.clone()))
+    }
+
+    fn run(&mut self) -> Result<Vec<InferResponse>, BackendError> {
+        let mut call = self.start_call()?;
+        let mut responses = Vec::new();
+        while let Some(item) = call.receive() {
+            responses.push(item?);
+        }
+        Ok(responses)
+    }
+
+    /// Starts the request on the core's runtime; its responses arrive on the returned call.
+    fn start_call(&mut self) -> Result<HostCall, BackendError> {
+        let (request, core, runtime) = self.take()?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(async move {
-            let result = async {
-                let mut stream = core.infer_stream(request)?;
-                let mut responses = Vec::new();
-                while let Some(item) = stream.next().await {
-                    let item = item?;
-                    responses.extend(item.response);
-                    if item.is_final {
-                        break;
-                    }
+            let mut stream = match core.infer_stream(request) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = tx.send(Err(BackendError::from(e)));
+                    return;
                 }
-                Ok::<_, crate::error::Error>(responses)
+            };
+            let mut cancelled = cancelled;
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        None => return,
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(BackendError::from(e)));
+                            return;
+                        }
+                        Some(Ok(item)) => {
+                            if let Some(response) = item.response
+                                && tx.send(Ok(response)).is_err()
+                            {
+                                return;
+                            }
+                            if item.is_final {
+                                return;
+                            }
+                        }
+                    },
+                    // Cancelled or dropped: dropping the stream cancels the inference.
+                    _ = &mut cancelled => return,
+                }
             }
-            .await;
-            let _ = tx.send(result);
         });
-        match rx.recv() {
-            Ok(result) => result.map_err(BackendError::from),
-            Err(_) => Err(BackendError::internal(
-                "inference was dropped before it answered",
-            )),
+        Ok(HostCall {
+            rx,
+            cancel: Some(cancel),
+        })
+    }
+}
+
+/// An inference a backend started; its responses come through `rx`.
+struct HostCall {
+    /// Responses, then the channel closes.
+    rx: std::sync::mpsc::Receiver<Result<InferResponse, BackendError>>,
+    /// Cancels the inference when sent or dropped.
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HostCall {
+    /// The next response; none after the last.
+    fn receive(&mut self) -> Option<Result<InferResponse, BackendError>> {
+        self.rx.recv().ok()
+    }
+}
+
+fn result_box(response: InferResponse) -> InferResultBox {
+    InferResultObj_TO::from_ptr(RBox::new(InferResult { response }), TD_Opaque)
+}
+
+impl HostCallObj for HostCall {
+    fn next(&mut self) -> ROption<RResult<InferResultBox, BackendError>> {
+        match self.receive() {
+            None => ROption::RNone,
+            Some(result) => ROption::RSome(result.map(result_box).into()),
+        }
+    }
+
+    fn cancel(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            let _ = cancel.send(());
         }
     }
 }
@@ -160,14 +256,13 @@ impl HostRequestObj for HostRequest {
 
     fn infer(&mut self) -> RResult<RVec<InferResultBox>, BackendError> {
         self.run()
-            .map(|responses| {
-                responses
-                    .into_iter()
-                    .map(|response| {
-                        InferResultObj_TO::from_ptr(RBox::new(InferResult { response }), TD_Opaque)
-                    })
-                    .collect()
-            })
+            .map(|responses| responses.into_iter().map(result_box).collect())
+            .into()
+    }
+
+    fn start(&mut self) -> RResult<HostCallBox, BackendError> {
+        self.start_call()
+            .map(|call| HostCallObj_TO::from_value(call, TD_Opaque))
             .into()
     }
 }

@@ -15,7 +15,7 @@ use ferrum_backend_api::{BackendBox, BackendLibRef};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-pub use host::ServerHost;
+pub use host::{ServerHost, executing};
 
 /// The backend directory used when none is given: `../backends` from the running
 /// executable's folder (`<prefix>/bin/ferrum` finds `<prefix>/backends`).

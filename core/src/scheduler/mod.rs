@@ -231,7 +231,11 @@ fn execute(instance: &mut InstanceBox, batch: Vec<Work>, shared: &InstanceShared
         return;
     }
     let input_done = Instant::now();
-    let result = instance.execute(handles).into_result();
+    let result = {
+        // Host inferences started from this execute must not target this model.
+        let _executing = crate::plugins::executing(&shared.model);
+        instance.execute(handles).into_result()
+    };
     let done = Instant::now();
     shared.stats.record_execution(
         rows as u64,
