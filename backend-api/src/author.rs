@@ -290,7 +290,7 @@ pub fn log(level: LogLevel, message: &str) {
 }
 
 /// Runs an inference on another model of the same server and returns all its responses.
-/// Inputs are copied into the new request.
+/// Inputs in one host buffer are lent to it, not copied.
 pub fn host_infer(
     model_name: &str,
     model_version: i64,
@@ -307,15 +307,7 @@ pub fn host_infer(
     for p in parameters {
         request.add_parameter(p.value.to_ffi(&p.key));
     }
-    for t in inputs {
-        let data = t.data();
-        request.add_input(
-            RStr::from_str(t.name),
-            t.datatype,
-            RSlice::from_slice(t.shape),
-            RSlice::from_slice(&data),
-        );
-    }
+    add_inputs(&mut request, inputs);
     for o in requested_outputs {
         request.add_requested_output(RStr::from_str(o));
     }
@@ -324,16 +316,16 @@ pub fn host_infer(
 }
 
 /// Starts an inference on another model of the same server and returns at once: start
-/// several, then wait on each, and they run at the same time (since 1.2). Inputs are copied
-/// into the new request. Sequence fields (`sequence_id`, `sequence_start`, `sequence_end`)
-/// go in `parameters` like any other.
-pub fn host_start(
+/// several, then wait on each, and they run at the same time (since 1.2). The inputs are
+/// lent, not copied: the call borrows them until the inference has ended. Sequence fields
+/// (`sequence_id`, `sequence_start`, `sequence_end`) go in `parameters` like any other.
+pub fn host_start<'a>(
     model_name: &str,
     model_version: i64,
-    inputs: &[Tensor<'_>],
+    inputs: &[Tensor<'a>],
     requested_outputs: &[&str],
     parameters: &[Parameter],
-) -> Result<HostCall, BackendError> {
+) -> Result<HostCall<'a>, BackendError> {
     let host = HOST
         .get()
         .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
@@ -343,30 +335,55 @@ pub fn host_start(
     for p in parameters {
         request.add_parameter(p.value.to_ffi(&p.key));
     }
-    for t in inputs {
-        let data = t.data();
-        request.add_input(
-            RStr::from_str(t.name),
-            t.datatype,
-            RSlice::from_slice(t.shape),
-            RSlice::from_slice(&data),
-        );
-    }
+    add_inputs(&mut request, inputs);
     for o in requested_outputs {
         request.add_requested_output(RStr::from_str(o));
     }
     let call = request.start().into_result()?;
-    Ok(HostCall { call: Some(call) })
+    Ok(HostCall {
+        call: Some(call),
+        _inputs: std::marker::PhantomData,
+    })
 }
 
-/// An inference started with [`host_start`]; dropping it before its last response cancels
-/// the inference.
-pub struct HostCall {
+/// Adds inputs to a host request: a tensor in one host buffer is lent (no copy; the call
+/// borrows it until the inference has ended), anything else is copied.
+fn add_inputs(request: &mut crate::ffi::HostRequestBox, inputs: &[Tensor<'_>]) {
+    for t in inputs {
+        let mut buffers = t.buffers();
+        match (buffers.next(), buffers.next()) {
+            (Some(b), None) if b.memory.kind == crate::MemoryKind::CPU => {
+                request.add_input_lent(
+                    RStr::from_str(t.name),
+                    t.datatype,
+                    RSlice::from_slice(t.shape),
+                    b,
+                );
+            }
+            _ => {
+                let data = t.data();
+                request.add_input(
+                    RStr::from_str(t.name),
+                    t.datatype,
+                    RSlice::from_slice(t.shape),
+                    RSlice::from_slice(&data),
+                );
+            }
+        }
+    }
+}
+
+/// An inference started with [`host_start`], borrowing its inputs; dropping it before its
+/// last response cancels the inference (and waits until the server has let go of the
+/// inputs).
+pub struct HostCall<'a> {
     /// The call; none once it ended.
     call: Option<crate::ffi::HostCallBox>,
+    /// The lent inputs.
+    _inputs: std::marker::PhantomData<&'a [u8]>,
 }
 
-impl Iterator for HostCall {
+impl Iterator for HostCall<'_> {
     type Item = Result<InferResult, BackendError>;
 
     /// Waits for the next response (a decoupled model may send many); `None` after the last.
@@ -384,24 +401,22 @@ impl Iterator for HostCall {
     }
 }
 
-impl HostCall {
+impl HostCall<'_> {
     /// Waits for every response.
     pub fn wait(self) -> Result<Vec<InferResult>, BackendError> {
         self.collect()
     }
 
-    /// Cancels the inference.
-    pub fn cancel(mut self) {
-        if let Some(mut call) = self.call.take() {
-            call.cancel();
-        }
-    }
+    /// Cancels the inference (and waits until the server has let go of the inputs).
+    pub fn cancel(self) {}
 }
 
-impl Drop for HostCall {
+impl Drop for HostCall<'_> {
     fn drop(&mut self) {
         if let Some(mut call) = self.call.take() {
             call.cancel();
+            // The call ends (`next` gives none) only once the server dropped the lent inputs.
+            while let abi_stable::std_types::ROption::RSome(_) = call.next() {}
         }
     }
 }

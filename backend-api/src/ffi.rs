@@ -101,6 +101,21 @@ pub trait HostRequestObj: Send {
     #[sabi(last_prefix_field)]
     fn infer(&mut self) -> RResult<RVec<InferResultBox>, BackendError>;
 
+    /// Adds an input whose bytes the backend lends instead of copying: they must stay valid
+    /// and unchanged until the inference has ended (the host call's `next` returned none, or
+    /// `infer` returned). Since 1.2.
+    fn add_input_lent(
+        &mut self,
+        name: RStr<'_>,
+        datatype: DataType,
+        shape: RSlice<'_, i64>,
+        data: BufferRef,
+    ) {
+        // SAFETY: the caller lends `len` readable bytes at `ptr` for the whole inference.
+        let bytes = unsafe { crate::request::raw_slice(data.ptr, data.len) };
+        self.add_input(name, datatype, shape, RSlice::from_slice(bytes));
+    }
+
     /// Starts the inference and returns at once; its responses arrive through the returned
     /// call, so a backend can run several inferences at the same time. Since 1.2.
     fn start(&mut self) -> RResult<HostCallBox, BackendError> {

@@ -263,7 +263,7 @@ fn copy_buffer(b: &BufferRef, out: &mut Vec<u8>) {
 
 /// # Safety
 /// `ptr` must point to `len` bytes that stay valid and unchanged for `'a`.
-unsafe fn raw_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+pub(crate) unsafe fn raw_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     if len == 0 || ptr.is_null() {
         return &[];
     }

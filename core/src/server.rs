@@ -47,6 +47,74 @@ pub enum InputData {
     Owned(Bytes),
     /// Bytes in a registered shared memory region.
     Shared(crate::shm::SharedBytes),
+    /// Bytes a backend lends to an inference it started (business logic), until the server
+    /// drops its last reference.
+    Lent(LentBytes),
+}
+
+/// Bytes a backend lends to an inference it runs through the host: valid, and unchanged,
+/// until every clone of this is dropped (the backend waits for that before it reuses them).
+#[derive(Clone)]
+pub struct LentBytes {
+    /// First byte (an address: the bytes belong to the backend).
+    ptr: usize,
+    /// Length.
+    len: usize,
+    /// The bytes may change (they are a client's shared memory the backend got).
+    pub shared: bool,
+    /// Tells the backend's call when the last reference is gone.
+    _release: Arc<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for LentBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LentBytes({} bytes)", self.len)
+    }
+}
+
+impl LentBytes {
+    /// Bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay valid until every clone of the result (and of `release`)
+    /// is dropped.
+    pub unsafe fn new(
+        ptr: *const u8,
+        len: usize,
+        shared: bool,
+        release: Arc<dyn Send + Sync>,
+    ) -> Self {
+        LentBytes {
+            ptr: ptr as usize,
+            len,
+            shared,
+            _release: release,
+        }
+    }
+
+    /// The first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr as *const u8
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A copy of the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len];
+        // SAFETY: valid for `len` bytes while this lives (the contract of `new`); read once,
+        // without forming a slice over memory a client might change.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), out.as_mut_ptr(), self.len) };
+        out
+    }
 }
 
 impl InputData {
@@ -55,6 +123,7 @@ impl InputData {
         match self {
             InputData::Owned(b) => b.len(),
             InputData::Shared(s) => s.len(),
+            InputData::Lent(l) => l.len(),
         }
     }
 
@@ -68,6 +137,7 @@ impl InputData {
         match self {
             InputData::Owned(b) => b.clone(),
             InputData::Shared(s) => Bytes::from(s.to_vec()),
+            InputData::Lent(l) => Bytes::from(l.to_vec()),
         }
     }
 }

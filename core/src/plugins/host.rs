@@ -68,6 +68,7 @@ impl HostObj for ServerHost {
             HostRequest {
                 host: self.clone(),
                 request: Some(request),
+                lent: None,
             },
             TD_Opaque,
         ))
@@ -80,6 +81,19 @@ struct HostRequest {
     host: ServerHost,
     /// The request; taken when it runs.
     request: Option<InferRequest>,
+    /// Lent inputs: the guard each of them holds, and what tells when the last one is gone.
+    lent: Option<(Arc<Released>, tokio::sync::oneshot::Receiver<()>)>,
+}
+
+/// Dropped with the last lent input of a host request; says so.
+struct Released(parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.lock().take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 thread_local! {
@@ -139,48 +153,68 @@ impl HostRequest {
         Ok(responses)
     }
 
-    /// Starts the request on the core's runtime; its responses arrive on the returned call.
+    /// Starts the request on the core's runtime; its responses arrive on the returned call,
+    /// which ends only once the server let go of the lent inputs.
     fn start_call(&mut self) -> Result<HostCall, BackendError> {
-        let (request, core, runtime) = self.take()?;
+        let taken = self.take();
+        // Our own reference to the lent inputs' guard goes now: the request holds the rest.
+        let released = self.lent.take().map(|(_, released)| released);
+        let (request, core, runtime) = taken?;
         let (tx, rx) = std::sync::mpsc::channel();
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(async move {
-            let mut stream = match core.infer_stream(request) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = tx.send(Err(BackendError::from(e)));
-                    return;
-                }
-            };
-            let mut cancelled = cancelled;
-            loop {
-                tokio::select! {
-                    item = stream.next() => match item {
-                        None => return,
-                        Some(Err(e)) => {
-                            let _ = tx.send(Err(BackendError::from(e)));
-                            return;
-                        }
-                        Some(Ok(item)) => {
-                            if let Some(response) = item.response
-                                && tx.send(Ok(response)).is_err()
-                            {
-                                return;
-                            }
-                            if item.is_final {
-                                return;
-                            }
-                        }
-                    },
-                    // Cancelled or dropped: dropping the stream cancels the inference.
-                    _ = &mut cancelled => return,
-                }
+            relay(core, request, cancelled, &tx).await;
+            // The responses are out; the call ends when the lent inputs are free again.
+            if let Some(released) = released {
+                let _ = released.await;
             }
+            drop(tx);
         });
         Ok(HostCall {
             rx,
             cancel: Some(cancel),
         })
+    }
+}
+
+/// Runs a host request and passes its responses on, until the last one, an error, or
+/// cancellation (which drops the stream and so cancels the inference).
+async fn relay(
+    core: Arc<Core>,
+    request: InferRequest,
+    cancelled: tokio::sync::oneshot::Receiver<()>,
+    tx: &std::sync::mpsc::Sender<Result<InferResponse, BackendError>>,
+) {
+    let mut stream = match core.infer_stream(request) {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = tx.send(Err(BackendError::from(e)));
+            return;
+        }
+    };
+    let mut cancelled = cancelled;
+    loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                None => return,
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(BackendError::from(e)));
+                    return;
+                }
+                Some(Ok(item)) => {
+                    if let Some(response) = item.response
+                        && tx.send(Ok(response)).is_err()
+                    {
+                        return;
+                    }
+                    if item.is_final {
+                        return;
+                    }
+                }
+            },
+            // Cancelled or dropped: dropping the stream cancels the inference.
+            _ = &mut cancelled => return,
+        }
     }
 }
 
@@ -246,6 +280,33 @@ impl HostRequestObj for HostRequest {
                 data: Bytes::copy_from_slice(data.as_slice()).into(),
             });
         }
+    }
+
+    fn add_input_lent(
+        &mut self,
+        name: RStr<'_>,
+        datatype: DataType,
+        shape: RSlice<'_, i64>,
+        data: BufferRef,
+    ) {
+        let Some(r) = self.request.as_mut() else {
+            return;
+        };
+        let (guard, _) = self.lent.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Arc::new(Released(parking_lot::Mutex::new(Some(tx)))), rx)
+        });
+        let release: Arc<dyn Send + Sync> = guard.clone();
+        let shared = data.flags & ferrum_backend_api::BUFFER_SHARED != 0;
+        // SAFETY: the backend lends these bytes until the call ends, and the call ends only
+        // after the last clone of `release` (held by the input) is dropped.
+        let lent = unsafe { crate::server::LentBytes::new(data.ptr, data.len, shared, release) };
+        r.inputs.push(InputTensor {
+            name: name.to_string(),
+            datatype,
+            shape: shape.to_vec(),
+            data: crate::server::InputData::Lent(lent),
+        });
     }
 
     fn add_requested_output(&mut self, name: RStr<'_>) {

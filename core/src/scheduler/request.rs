@@ -289,6 +289,7 @@ fn input_buffer(data: &InputData) -> BufferRef {
     match data {
         InputData::Owned(bytes) => host_buffer(bytes.as_ptr(), bytes.len(), false),
         InputData::Shared(shared) => host_buffer(shared.as_ptr(), shared.len(), true),
+        InputData::Lent(lent) => host_buffer(lent.as_ptr(), lent.len(), lent.shared),
     }
 }
 
