@@ -112,6 +112,52 @@ def perf_point(perf, protocol, url, model, concurrency, seconds):
     return point["throughput"], point["p50_us"], point["p99_us"]
 
 
+# The example pipeline (docs/pipelines.md): its steps in order, the ensemble and the BLS backend.
+PIPELINE_STEPS = ["preprocess", "onnx_mlp", "postprocess"]
+PIPELINES = ["classify_pipeline", "classify_bls"]
+
+
+def in_process_rate(perf, repository, backend_dir, model, seconds):
+    """Inferences/s of one model through ferrum-perf's in-process core (no sockets), c=1."""
+    out = tempfile.NamedTemporaryFile(prefix="ferrum-perf-", suffix=".json", delete=False)
+    out.close()
+    cmd = [perf, "-i", "in-process", "--model-repository", str(repository), "-m", model,
+           "--concurrency-range", "1", "-p", str(max(200, int(seconds * 1000 / 3))), "-r", "6",
+           "--json", out.name]
+    if backend_dir:
+        cmd += ["--backend-directory", backend_dir]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            raise RuntimeError(f"ferrum-perf {' '.join(cmd[1:])} failed: {run.stderr.strip()[-500:]}")
+        point = json.loads(Path(out.name).read_text())["results"][0]
+    finally:
+        os.unlink(out.name)
+    return point["throughput"]
+
+
+def pipeline_overhead(perf, source: Path, backend_dir, seconds):
+    """Rows (name, rate, ratio): each pipeline in-process against its steps called in turn
+    in-process (the rate of one request through all three: 1 / sum of 1/rate)."""
+    needed = PIPELINE_STEPS + PIPELINES
+    if not all((source / m).is_dir() for m in needed):
+        return []
+    repo = Path(tempfile.mkdtemp(prefix="ferrum-bench-pipeline-"))
+    try:
+        for m in needed:
+            shutil.copytree(source / m, repo / m)
+        steps = {m: in_process_rate(perf, repo, backend_dir, m, seconds) for m in PIPELINE_STEPS}
+        chained = 1.0 / sum(1.0 / r for r in steps.values())
+        rows = [(f"{m} (step)", r, None) for m, r in steps.items()]
+        rows.append(("steps in turn (1 / Σ 1/rate)", chained, 1.0))
+        for m in PIPELINES:
+            rate = in_process_rate(perf, repo, backend_dir, m, seconds)
+            rows.append((m, rate, rate / chained))
+        return rows
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+
+
 def rss_kib(pid: int) -> int:
     """The process's resident memory in KiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -237,6 +283,15 @@ def main():
             runtime = MLPS[name][0]
             print(f"raw in-process {runtime} ({name}, one thread): "
                   + (f"batch 1 {b1:.0f}, batch 32 {b32:.0f} inferences/s" if b1 else problem))
+        pipeline = pipeline_overhead(args.perf, Path(args.repository), args.backend_directory,
+                                     args.seconds)
+        if pipeline:
+            print("\nThe example pipeline in-process (ferrum-perf -i in-process, concurrency 1):\n")
+            print("| model | infer/s | / steps in turn |")
+            print("| --- | ---: | ---: |")
+            for name, rate, ratio in pipeline:
+                shown = "" if ratio is None else f"{ratio:.2f}"
+                print(f"| {name} | {rate:.0f} | {shown} |", flush=True)
         if args.soak_seconds > 0 and "simple" in models and "http" in protocols:
             rps, errors, samples = soak(args.perf, f"127.0.0.1:{ports['http']}", proc.pid, 64,
                                         args.soak_seconds)
