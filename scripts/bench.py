@@ -283,8 +283,10 @@ def main():
             runtime = MLPS[name][0]
             print(f"raw in-process {runtime} ({name}, one thread): "
                   + (f"batch 1 {b1:.0f}, batch 32 {b32:.0f} inferences/s" if b1 else problem))
-        pipeline = pipeline_overhead(args.perf, Path(args.repository), args.backend_directory,
-                                     args.seconds)
+        # The server finds its backends beside its binary (dist/backends); the in-process
+        # core inside ferrum-perf is told where they are.
+        backends = args.backend_directory or str(Path(args.server).resolve().parent.parent / "backends")
+        pipeline = pipeline_overhead(args.perf, Path(args.repository), backends, args.seconds)
         if pipeline:
             print("\nThe example pipeline in-process (ferrum-perf -i in-process, concurrency 1):\n")
             print("| model | infer/s | / steps in turn |")
