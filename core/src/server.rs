@@ -28,6 +28,7 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const EXTENSIONS: &[&str] = &[
     "classification",
     "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "system_shared_memory",
     "binary_tensor_data",

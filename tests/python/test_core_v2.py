@@ -33,6 +33,7 @@ SETTLE_S = 20.0
 EXTENSIONS = {
     "classification",
     "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "system_shared_memory",
     "binary_tensor_data",
