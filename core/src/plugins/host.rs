@@ -153,83 +153,82 @@ impl HostRequest {
         Ok(responses)
     }
 
-    /// Starts the request on the core's runtime; its responses arrive on the returned call,
-    /// which ends only once the server let go of the lent inputs.
+    /// Starts the request; its responses arrive through the returned call, read on the
+    /// caller's thread (no task, no extra hand-off). The call ends only once the server let
+    /// go of the lent inputs.
     fn start_call(&mut self) -> Result<HostCall, BackendError> {
         let taken = self.take();
         // Our own reference to the lent inputs' guard goes now: the request holds the rest.
         let released = self.lent.take().map(|(_, released)| released);
-        let (request, core, runtime) = taken?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            relay(core, request, cancelled, &tx).await;
-            // The responses are out; the call ends when the lent inputs are free again.
-            if let Some(released) = released {
-                let _ = released.await;
-            }
-            drop(tx);
-        });
+        let (request, core, _) = taken?;
+        // On failure the request (and its lent inputs) is already gone.
+        let stream = core.infer_stream(request).map_err(BackendError::from)?;
         Ok(HostCall {
-            rx,
-            cancel: Some(cancel),
+            stream: Some(stream),
+            released,
         })
     }
 }
 
-/// Runs a host request and passes its responses on, until the last one, an error, or
-/// cancellation (which drops the stream and so cancels the inference).
-async fn relay(
-    core: Arc<Core>,
-    request: InferRequest,
-    cancelled: tokio::sync::oneshot::Receiver<()>,
-    tx: &std::sync::mpsc::Sender<Result<InferResponse, BackendError>>,
-) {
-    let mut stream = match core.infer_stream(request) {
-        Ok(stream) => stream,
-        Err(e) => {
-            let _ = tx.send(Err(BackendError::from(e)));
-            return;
+/// Runs a future to completion on the current thread, parking it while the future waits.
+/// For backend threads only (never an async worker).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
         }
-    };
-    let mut cancelled = cancelled;
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
     loop {
-        tokio::select! {
-            item = stream.next() => match item {
-                None => return,
-                Some(Err(e)) => {
-                    let _ = tx.send(Err(BackendError::from(e)));
-                    return;
-                }
-                Some(Ok(item)) => {
-                    if let Some(response) = item.response
-                        && tx.send(Ok(response)).is_err()
-                    {
-                        return;
-                    }
-                    if item.is_final {
-                        return;
-                    }
-                }
-            },
-            // Cancelled or dropped: dropping the stream cancels the inference.
-            _ = &mut cancelled => return,
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
         }
+        std::thread::park();
     }
 }
 
-/// An inference a backend started; its responses come through `rx`.
+/// An inference a backend started: its response stream, read on the caller's thread.
 struct HostCall {
-    /// Responses, then the channel closes.
-    rx: std::sync::mpsc::Receiver<Result<InferResponse, BackendError>>,
-    /// Cancels the inference when sent or dropped.
-    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The responses; none once the inference ended or was cancelled.
+    stream: Option<crate::server::ResponseStream>,
+    /// Fires when the last lent input is dropped.
+    released: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl HostCall {
-    /// The next response; none after the last.
+    /// The next response; none after the last (and then only once the lent inputs are free).
     fn receive(&mut self) -> Option<Result<InferResponse, BackendError>> {
-        self.rx.recv().ok()
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                self.wait_released();
+                return None;
+            };
+            match block_on(stream.next()) {
+                None => self.stream = None,
+                Some(Err(e)) => {
+                    self.stream = None;
+                    return Some(Err(BackendError::from(e)));
+                }
+                Some(Ok(item)) => {
+                    if item.is_final {
+                        self.stream = None;
+                    }
+                    if let Some(response) = item.response {
+                        return Some(Ok(response));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the server dropped the lent inputs.
+    fn wait_released(&mut self) {
+        if let Some(released) = self.released.take() {
+            let _ = block_on(released);
+        }
     }
 }
 
@@ -246,9 +245,8 @@ impl HostCallObj for HostCall {
     }
 
     fn cancel(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
-        }
+        // Dropping the stream cancels the inference.
+        self.stream = None;
     }
 }
 
