@@ -92,21 +92,25 @@ def start_server(binary, repository, backend_dir):
     sys.exit(f"server not ready in 120 s; log in {log.name}")
 
 
-def perf_point(perf, protocol, url, model, concurrency, seconds):
-    """One ferrum-perf measurement: (inferences/s, p50 µs, p99 µs). `model` None: the no-op."""
+def run_perf(cmd, seconds):
+    """Runs ferrum-perf with windows of a third of `seconds` until stable; returns its point."""
     out = tempfile.NamedTemporaryFile(prefix="ferrum-perf-", suffix=".json", delete=False)
     out.close()
-    window_ms = str(max(200, int(seconds * 1000 / 3)))
-    cmd = [perf, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency),
-           "-p", window_ms, "-r", "6", "--json", out.name]
-    cmd += ["--health"] if model is None else ["-m", model]
+    cmd = cmd + ["-p", str(max(200, int(seconds * 1000 / 3))), "-r", "6", "--json", out.name]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             raise RuntimeError(f"ferrum-perf {' '.join(cmd[1:])} failed: {run.stderr.strip()[-500:]}")
-        point = json.loads(Path(out.name).read_text())["results"][0]
+        return json.loads(Path(out.name).read_text())["results"][0]
     finally:
         os.unlink(out.name)
+
+
+def perf_point(perf, protocol, url, model, concurrency, seconds):
+    """One ferrum-perf measurement: (inferences/s, p50 µs, p99 µs). `model` None: the no-op."""
+    cmd = [perf, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency)]
+    cmd += ["--health"] if model is None else ["-m", model]
+    point = run_perf(cmd, seconds)
     if point["errors"]:
         raise RuntimeError(f"{protocol} {model} c={concurrency}: {point['errors']} errors")
     return point["throughput"], point["p50_us"], point["p99_us"]
@@ -119,21 +123,11 @@ PIPELINES = ["classify_pipeline", "classify_bls"]
 
 def in_process_rate(perf, repository, backend_dir, model, seconds):
     """Inferences/s of one model through ferrum-perf's in-process core (no sockets), c=1."""
-    out = tempfile.NamedTemporaryFile(prefix="ferrum-perf-", suffix=".json", delete=False)
-    out.close()
     cmd = [perf, "-i", "in-process", "--model-repository", str(repository), "-m", model,
-           "--concurrency-range", "1", "-p", str(max(200, int(seconds * 1000 / 3))), "-r", "6",
-           "--json", out.name]
+           "--concurrency-range", "1"]
     if backend_dir:
         cmd += ["--backend-directory", backend_dir]
-    try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            raise RuntimeError(f"ferrum-perf {' '.join(cmd[1:])} failed: {run.stderr.strip()[-500:]}")
-        point = json.loads(Path(out.name).read_text())["results"][0]
-    finally:
-        os.unlink(out.name)
-    return point["throughput"]
+    return run_perf(cmd, seconds)["throughput"]
 
 
 def pipeline_overhead(perf, source: Path, backend_dir, seconds):

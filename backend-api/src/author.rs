@@ -298,19 +298,13 @@ pub fn host_infer(
     requested_outputs: &[&str],
     parameters: &[Parameter],
 ) -> Result<Vec<InferResult>, BackendError> {
-    let host = HOST
-        .get()
-        .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
-    let mut request = host
-        .new_request(RStr::from_str(model_name), model_version)
-        .into_result()?;
-    for p in parameters {
-        request.add_parameter(p.value.to_ffi(&p.key));
-    }
-    add_inputs(&mut request, inputs);
-    for o in requested_outputs {
-        request.add_requested_output(RStr::from_str(o));
-    }
+    let mut request = host_request(
+        model_name,
+        model_version,
+        inputs,
+        requested_outputs,
+        parameters,
+    )?;
     let results = request.infer().into_result()?;
     Ok(results.into_iter().map(InferResult::from_ffi).collect())
 }
@@ -326,6 +320,28 @@ pub fn host_start<'a>(
     requested_outputs: &[&str],
     parameters: &[Parameter],
 ) -> Result<HostCall<'a>, BackendError> {
+    let mut request = host_request(
+        model_name,
+        model_version,
+        inputs,
+        requested_outputs,
+        parameters,
+    )?;
+    let call = request.start().into_result()?;
+    Ok(HostCall {
+        call: Some(call),
+        _inputs: std::marker::PhantomData,
+    })
+}
+
+/// A host request for another model, with its parameters, inputs and requested outputs.
+fn host_request(
+    model_name: &str,
+    model_version: i64,
+    inputs: &[Tensor<'_>],
+    requested_outputs: &[&str],
+    parameters: &[Parameter],
+) -> Result<crate::ffi::HostRequestBox, BackendError> {
     let host = HOST
         .get()
         .ok_or_else(|| BackendError::internal("backend used before the server created it"))?;
@@ -339,11 +355,7 @@ pub fn host_start<'a>(
     for o in requested_outputs {
         request.add_requested_output(RStr::from_str(o));
     }
-    let call = request.start().into_result()?;
-    Ok(HostCall {
-        call: Some(call),
-        _inputs: std::marker::PhantomData,
-    })
+    Ok(request)
 }
 
 /// Adds inputs to a host request: a tensor in one host buffer is lent (no copy; the call

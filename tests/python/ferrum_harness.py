@@ -79,6 +79,18 @@ def backend_dir() -> Path:
     )
 
 
+def backends_with_testing(folder: Path) -> Path:
+    """Fills ``folder`` with the real backends (links) plus the ``testing`` fixture backend
+    (tests/fixtures/testing) and returns it, for a server's ``backend_directory``."""
+    for entry in backend_dir().iterdir():
+        (folder / entry.name).symlink_to(entry.resolve())
+    library = REPO_ROOT / "target" / "debug" / "libferrum_testing.so"
+    assert library.is_file(), f"{library} is missing: build the workspace first"
+    (folder / "testing").mkdir()
+    shutil.copy(library, folder / "testing" / "libferrum_testing.so")
+    return folder
+
+
 def default_model_repository() -> Path:
     return Path(
         os.environ.get("FERRUM_MODEL_REPOSITORY", REPO_ROOT / "model_repository")

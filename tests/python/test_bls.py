@@ -8,7 +8,6 @@ waits on both.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from ferrum_harness import REPO_ROOT, backend_dir, start_server
+from ferrum_harness import backends_with_testing, start_server
 
 TIMEOUT = 60
 SLEEP_MS = 300
@@ -39,13 +38,7 @@ def write_model(repo: Path, name: str, instances: int = 1, **params):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    backends = tmp_path_factory.mktemp("backends")
-    for entry in backend_dir().iterdir():
-        (backends / entry.name).symlink_to(entry.resolve())
-    library = REPO_ROOT / "target" / "debug" / "libferrum_testing.so"
-    assert library.is_file(), f"{library} is missing: build the workspace first"
-    (backends / "testing").mkdir()
-    shutil.copy(library, backends / "testing" / "libferrum_testing.so")
+    backends = backends_with_testing(tmp_path_factory.mktemp("backends"))
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "slow", instances=2, sleep_ms=SLEEP_MS)
     write_model(repo, "forward", mode="forward", forward_to="slow")

@@ -10,7 +10,6 @@ real backends in a backend folder made for the test.
 from __future__ import annotations
 
 import queue
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 
 from ferrum_checks import assert_still_serving, expect_grpc_error, expect_http_error
-from ferrum_harness import REPO_ROOT, backend_dir, start_server
+from ferrum_harness import backends_with_testing, start_server
 
 TIMEOUT = 60
 # How long to wait for something the server does asynchronously (a log line).
@@ -196,14 +195,7 @@ def test_decoupled_model_is_refused_over_http_and_unary_grpc(server, http_client
 @pytest.fixture(scope="module")
 def testing_backends(tmp_path_factory) -> Path:
     """The real backends plus the testing fixture backend."""
-    folder = tmp_path_factory.mktemp("backends")
-    for entry in backend_dir().iterdir():
-        (folder / entry.name).symlink_to(entry.resolve())
-    library = REPO_ROOT / "target" / "debug" / "libferrum_testing.so"
-    assert library.is_file(), f"{library} is missing: build the workspace first"
-    (folder / "testing").mkdir()
-    shutil.copy(library, folder / "testing" / "libferrum_testing.so")
-    return folder
+    return backends_with_testing(tmp_path_factory.mktemp("backends"))
 
 
 def write_testing_model(repo: Path, name: str, mode: str = "identity", extra: str = "", **params):

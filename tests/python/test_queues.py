@@ -13,7 +13,6 @@ reports the rows one execute call saw.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from ferrum_harness import REPO_ROOT, backend_dir, start_server
+from ferrum_harness import backends_with_testing, start_server
 
 TIMEOUT = 60
 QUEUE_LIMIT = 2
@@ -54,13 +53,7 @@ def write_model(repo: Path, name: str, extra: str = "", **params):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    backends = tmp_path_factory.mktemp("backends")
-    for entry in backend_dir().iterdir():
-        (backends / entry.name).symlink_to(entry.resolve())
-    library = REPO_ROOT / "target" / "debug" / "libferrum_testing.so"
-    assert library.is_file(), f"{library} is missing: build the workspace first"
-    (backends / "testing").mkdir()
-    shutil.copy(library, backends / "testing" / "libferrum_testing.so")
+    backends = backends_with_testing(tmp_path_factory.mktemp("backends"))
 
     repo = tmp_path_factory.mktemp("repo")
     markers = tmp_path_factory.mktemp("markers")
