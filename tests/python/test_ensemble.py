@@ -8,6 +8,7 @@ OUTPUT1 = INPUT0 - INPUT1, INT32 [16], max_batch_size 8).
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import time
@@ -288,21 +289,25 @@ def test_an_ensemble_over_a_decoupled_model_streams_over_grpc(tmp_path):
         max_batch=0,
     )
     srv = start_server(repo)
-    import queue as queue_module
-
-    received: queue_module.Queue = queue_module.Queue()
+    received: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(srv.grpc_url)
     try:
         values = np.array([7, -3, 12, 5], dtype=np.int32)
-        inputs = []
-        for name, arr, dtype in (
+        arrays = (
             ("IN", values, "INT32"),
             ("DELAY", np.array([5, 5, 5, 5], dtype=np.uint32), "UINT32"),
             ("WAIT", np.array([0], dtype=np.uint32), "UINT32"),
-        ):
-            inp = grpcclient.InferInput(name, list(arr.shape), dtype)
-            inp.set_data_from_numpy(arr)
-            inputs.append(inp)
+        )
+
+        def repeat_inputs(mod):
+            inputs = []
+            for name, arr, dtype in arrays:
+                inp = mod.InferInput(name, list(arr.shape), dtype)
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            return inputs
+
+        inputs = repeat_inputs(grpcclient)
         client.start_stream(callback=lambda result, error: received.put((result, error)))
         client.async_stream_infer("streamed", inputs, enable_empty_final_response=True)
         got = []
@@ -319,17 +324,8 @@ def test_an_ensemble_over_a_decoupled_model_streams_over_grpc(tmp_path):
         client.stop_stream()
         # Over HTTP (one response per request) the decoupled ensemble is refused clearly.
         http = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
-        h_inputs = []
-        for name, arr, dtype in (
-            ("IN", values, "INT32"),
-            ("DELAY", np.array([5, 5, 5, 5], dtype=np.uint32), "UINT32"),
-            ("WAIT", np.array([0], dtype=np.uint32), "UINT32"),
-        ):
-            h = httpclient.InferInput(name, list(arr.shape), dtype)
-            h.set_data_from_numpy(arr)
-            h_inputs.append(h)
         with pytest.raises(InferenceServerException) as info:
-            http.infer("streamed", h_inputs)
+            http.infer("streamed", repeat_inputs(httpclient))
         assert info.value.status() == "400", info.value.message()
         assert "decoupled" in info.value.message()
         http.close()

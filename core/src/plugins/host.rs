@@ -114,9 +114,9 @@ pub fn executing(model: &Arc<str>) -> impl Drop {
 }
 
 impl HostRequest {
-    /// The request to run, the core and its runtime; refuses a model calling itself from its
-    /// own `execute` (its instances would wait on themselves).
-    fn take(&mut self) -> Result<(InferRequest, Arc<Core>, tokio::runtime::Handle), BackendError> {
+    /// The request to run and the core; refuses a model calling itself from its own
+    /// `execute` (its instances would wait on themselves).
+    fn take(&mut self) -> Result<(InferRequest, Arc<Core>), BackendError> {
         let request = self
             .request
             .take()
@@ -133,7 +133,7 @@ impl HostRequest {
                 request.model_name
             )));
         }
-        let Some((core, runtime)) = self.host.core.get() else {
+        let Some((core, _)) = self.host.core.get() else {
             return Err(BackendError::unavailable(
                 "the server is not ready for inference",
             ));
@@ -141,7 +141,7 @@ impl HostRequest {
         let Some(core) = core.upgrade() else {
             return Err(BackendError::unavailable("the server is shutting down"));
         };
-        Ok((request, core, runtime.clone()))
+        Ok((request, core))
     }
 
     fn run(&mut self) -> Result<Vec<InferResponse>, BackendError> {
@@ -160,7 +160,7 @@ impl HostRequest {
         let taken = self.take();
         // Our own reference to the lent inputs' guard goes now: the request holds the rest.
         let released = self.lent.take().map(|(_, released)| released);
-        let (request, core, _) = taken?;
+        let (request, core) = taken?;
         // On failure the request (and its lent inputs) is already gone.
         let stream = core.infer_stream(request).map_err(BackendError::from)?;
         Ok(HostCall {

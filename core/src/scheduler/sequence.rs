@@ -630,11 +630,9 @@ impl Drop for Handle {
     }
 }
 
-/// What a free instance takes: one request of each of some sequences.
-struct Cut {
-    /// (sequence, its request, its state before the request).
-    picks: Vec<(SequenceId, u64, Pending, Vec<Option<StateValue>>)>,
-}
+/// One request a free instance takes: (its sequence, the sequence's generation, the request,
+/// the sequence's state before it).
+type Pick = (SequenceId, u64, Pending, Vec<Option<StateValue>>);
 
 impl Batches {
     /// Blocks until a batch is ready for instance `instance` and returns it; none once the
@@ -648,10 +646,10 @@ impl Batches {
                 shared.release_idle(&mut state, now);
             }
             match shared.decide(&mut state, instance, now) {
-                Ok(cut) => {
+                Ok(picks) => {
                     drop(state);
                     shared.wake.notify_all();
-                    return Some(cut.picks.into_iter().map(|p| shared.work(p)).collect());
+                    return Some(picks.into_iter().map(|p| shared.work(p)).collect());
                 }
                 Err(wait) => {
                     if state.closing && state.queued == 0 {
@@ -789,7 +787,7 @@ impl Shared {
         state: &mut State,
         instance: usize,
         now: Instant,
-    ) -> std::result::Result<Cut, Option<Instant>> {
+    ) -> std::result::Result<Vec<Pick>, Option<Instant>> {
         let mut ready = self.ready(state, instance);
         let Some(&(_, oldest)) = ready.first() else {
             return Err(None);
@@ -844,15 +842,12 @@ impl Shared {
             picks.push((id, sequence.generation, pending, before));
             state.queued -= 1;
         }
-        Ok(Cut { picks })
+        Ok(picks)
     }
 
     /// Turns a request cut into a batch into work for an instance: its control inputs and
     /// state filled, its responses passing the hook that keeps the state.
-    fn work(
-        self: &Arc<Self>,
-        (id, generation, pending, before): (SequenceId, u64, Pending, Vec<Option<StateValue>>),
-    ) -> Work {
+    fn work(self: &Arc<Self>, (id, generation, pending, before): Pick) -> Work {
         let Pending {
             mut request,
             tx,
