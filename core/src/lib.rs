@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod config;
 pub mod error;
+pub mod isolation;
 pub mod logging;
 pub mod metrics;
 pub mod models;

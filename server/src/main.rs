@@ -3,6 +3,12 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The same executable runs the instances of isolated models in child processes.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(ferrum_core::isolation::CHILD_ARGUMENT))
+    {
+        return ferrum_core::isolation::child::main();
+    }
     let args = ferrum::cli::Args::parse();
     let logging = match ferrum::logging::init(
         args.log_info,

@@ -393,9 +393,14 @@ impl ModelManager {
             let reusable = old_versions.get(version).filter(|old| {
                 same_config
                     && old.fingerprint == version_fp
-                    && old.live.as_ref().is_some_and(|l| match &prepared.backend {
-                        Some(backend) => l.uses_backend(backend),
-                        None => true,
+                    && old.live.as_ref().is_some_and(|l| {
+                        // A version that stopped serving (its isolated instances kept
+                        // crashing) is loaded afresh.
+                        l.failure().is_none()
+                            && match &prepared.backend {
+                                Some(backend) => l.uses_backend(backend),
+                                None => true,
+                            }
                     })
             });
             if let Some(old) = reusable {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RStr};
 use ferrum_backend_api::{
-    DataType, InstanceInfoObj, InstanceInfoObj_TO, InstanceKind, ModelBox, ModelInfoBox,
-    ModelInfoObj, ModelInfoObj_TO,
+    DataType, InstanceInfoObj, InstanceInfoObj_TO, InstanceKind, InstanceObj_TO, ModelBox,
+    ModelInfoBox, ModelInfoObj, ModelInfoObj_TO,
 };
 
 use crate::config::{self, ModelConfig};
@@ -57,8 +57,8 @@ pub struct TensorSpec {
 struct Engine {
     /// The queue and instance threads.
     scheduler: Scheduler,
-    /// The backend's model object.
-    _model: ModelBox,
+    /// The backend's model object (none when the instances run in child processes).
+    _model: Option<ModelBox>,
     /// The backend library, kept alive while its code may run.
     backend: Arc<LoadedBackend>,
 }
@@ -87,6 +87,8 @@ pub struct LiveModel {
     pub sequences: bool,
     /// The graph, for an ensemble (which has no engine of its own).
     ensemble: Option<Arc<super::ensemble::Ensemble>>,
+    /// Whether the version still serves (an isolated one stops after repeated crashes).
+    health: Arc<crate::isolation::Health>,
 }
 
 /// A declared tensor as (name, data_type, dims, optional, reshape).
@@ -261,6 +263,7 @@ impl LiveModel {
             serial: super::sequences::next_serial(),
             sequences: false,
             ensemble: Some(Arc::new(ensemble)),
+            health: Default::default(),
         })
     }
 
@@ -296,7 +299,13 @@ impl LiveModel {
             &model_path,
             &version_path,
         );
-        let model = backend.backend.load_model(info).into_result()?;
+        let isolation = crate::isolation::Isolation::from_config(config)?;
+        let health = Arc::new(crate::isolation::Health::default());
+        // An isolated model is loaded by its instances' processes, not here.
+        let model = match isolation {
+            None => Some(backend.backend.load_model(info).into_result()?),
+            Some(_) => None,
+        };
         let mut instances = Vec::new();
         let mut index = 0u32;
         for group in &config.instance_group {
@@ -307,18 +316,49 @@ impl LiveModel {
             };
             for i in 0..group.count {
                 let name = format!("{}_{i}", group.name);
-                let info = InstanceInfoObj_TO::from_value(
-                    InstanceInfo {
-                        name: name.clone(),
-                        index,
-                        kind,
-                        device_id: 0,
-                    },
-                    TD_Opaque,
-                );
-                let instance = model.create_instance(info).into_result().map_err(|e| {
-                    Error::internal(format!("creating instance '{name}' failed: {}", e.message))
-                })?;
+                let instance = match &model {
+                    Some(model) => {
+                        let info = InstanceInfoObj_TO::from_value(
+                            InstanceInfo {
+                                name: name.clone(),
+                                index,
+                                kind,
+                                device_id: 0,
+                            },
+                            TD_Opaque,
+                        );
+                        model.create_instance(info).into_result().map_err(|e| {
+                            Error::internal(format!(
+                                "creating instance '{name}' failed: {}",
+                                e.message
+                            ))
+                        })?
+                    }
+                    None => {
+                        let Some(isolation) = &isolation else {
+                            return Err(Error::internal("the model object is missing"));
+                        };
+                        let spec = crate::isolation::InstanceSpec {
+                            backend: backend.name.clone(),
+                            library: backend.load_path.clone(),
+                            backend_config: backend.config_json.clone(),
+                            model: config.name.clone(),
+                            version,
+                            config_json: json_text.clone(),
+                            model_path: model_path.to_string(),
+                            version_path: version_path.to_string(),
+                            instance: name.clone(),
+                            index,
+                            kind: kind.0,
+                        };
+                        let isolated = crate::isolation::IsolatedInstance::start(
+                            spec,
+                            isolation.clone(),
+                            Arc::clone(&health),
+                        )?;
+                        InstanceObj_TO::from_value(isolated, TD_Opaque)
+                    }
+                };
                 instances.push((name, instance));
                 index += 1;
             }
@@ -367,6 +407,7 @@ impl LiveModel {
                 _model: model,
                 backend,
             }),
+            health,
             name: config.name.clone(),
             version,
             config: config.clone(),
@@ -405,6 +446,11 @@ impl LiveModel {
                 self.name
             ))),
         }
+    }
+
+    /// Why this version stopped serving (an isolated instance kept crashing), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.health.failure()
     }
 
     /// Whether the model may send several responses per request.

@@ -221,6 +221,12 @@ impl ModelManager {
                 Some(v) => model.versions.get(&v),
             };
             if let Some(live) = live {
+                if let Some(reason) = live.failure() {
+                    return Err(Error::unavailable(format!(
+                        "model '{name}' version {} is unavailable: {reason}",
+                        live.version
+                    )));
+                }
                 return Ok(Arc::clone(live));
             }
         }
@@ -301,11 +307,16 @@ impl ModelManager {
                 });
             }
             for (version, v) in &record.versions {
+                let failure = v.live.as_ref().and_then(|l| l.failure());
                 rows.push(IndexEntry {
                     name: name.clone(),
                     version: Some(*version),
-                    state: v.state,
-                    reason: v.reason.clone(),
+                    state: if failure.is_some() {
+                        ModelState::Unavailable
+                    } else {
+                        v.state
+                    },
+                    reason: failure.map_or_else(|| v.reason.clone(), str::to_string),
                 });
             }
         }

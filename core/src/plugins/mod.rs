@@ -40,6 +40,10 @@ pub struct LoadedBackend {
     pub path: PathBuf,
     /// The backend-api version it was built against.
     pub api_version: String,
+    /// The private copy the library was loaded from.
+    pub load_path: PathBuf,
+    /// The JSON the backend object was created with.
+    pub config_json: String,
     /// Size, modification time and inode of that file when it was loaded.
     stamp: FileStamp,
 }
@@ -186,13 +190,7 @@ impl Plugins {
             ))
         })?;
         let load_path = self.private_copy(name, path)?;
-        let header = lib_header_from_path(&load_path).map_err(|e| library_error(name, path, e))?;
-        let root = open_root_module(header).map_err(|what| {
-            Error::unavailable(format!(
-                "backend '{name}' library '{}' {what}",
-                path.display()
-            ))
-        })?;
+        let (header, root) = open_library(name, path, &load_path)?;
         let config = serde_json::json!({
             "backend_directory": path.parent().map(|p| p.to_string_lossy()),
             "library_path": path.to_string_lossy(),
@@ -213,9 +211,28 @@ impl Plugins {
             name: name.to_string(),
             path: path.to_path_buf(),
             api_version: header.version_strings().version.to_string(),
+            load_path,
+            config_json: config,
             stamp,
         })
     }
+}
+
+/// Opens a backend library file (`load_path`; `path` names it in errors) and checks it
+/// against this server's backend-api.
+pub(crate) fn open_library(
+    name: &str,
+    path: &Path,
+    load_path: &Path,
+) -> Result<(&'static LibHeader, BackendLibRef)> {
+    let header = lib_header_from_path(load_path).map_err(|e| library_error(name, path, e))?;
+    let root = open_root_module(header).map_err(|what| {
+        Error::unavailable(format!(
+            "backend '{name}' library '{}' {what}",
+            path.display()
+        ))
+    })?;
+    Ok((header, root))
 }
 
 /// Checks a library's backend-api version and ABI against the server's, then returns its root

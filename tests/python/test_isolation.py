@@ -1,0 +1,280 @@
+"""Process isolation (model parameter ``ferrum.isolation: process``), as clients see it.
+
+An isolated model's instances run in child processes of the server that load the same
+backend library through the same ABI; tensors cross through shared memory. The ``testing``
+fixture backend (tests/fixtures/testing) dies on request: a request parameter ``crash`` of
+``segv``, ``abort`` or ``exit`` ends the process running ``execute``, as a native runtime's
+bug would. Isolated, that fails only the request, the instance restarts, and every other
+model keeps serving; after ``ferrum.isolation.max_crashes`` crashes in a row the version is
+UNAVAILABLE and says why, until it is loaded again. Not isolated, the same request takes the
+whole server down (the last test shows the difference).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from ferrum_harness import REPO_ROOT, backends_with_testing, start_server
+
+TIMEOUT = 60
+CHILD_ARGUMENT = "--ferrum-isolated-instance"
+
+
+def write_model(repo: Path, name: str, extra: str = "", **params):
+    parameters = "".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+        for k, v in params.items()
+    )
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "testing"\nmax_batch_size: 8\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },\n'
+        '         { name: "BATCH" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        f"{extra}\n{parameters}"
+    )
+
+
+def isolated(**params):
+    return {"ferrum.isolation": "process", **params}
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    return backends_with_testing(tmp_path_factory.mktemp("backends"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, backends):
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "isolated", "instance_group [ { count: 2 kind: KIND_CPU } ]",
+                **isolated(**{"ferrum.isolation.max_crashes": "100"}))
+    write_model(repo, "isolated_batched",
+                "dynamic_batching { max_queue_delay_microseconds: 200000 }\n"
+                "instance_group [ { count: 1 kind: KIND_CPU } ]",
+                **isolated(sleep_ms="50"))
+    write_model(repo, "isolated_later", "",
+                **isolated(mode="answer_later"))
+    write_model(repo, "neighbour")
+    # The real ONNX Runtime backend, isolated, beside the same model in the server.
+    for name, params in (("onnx_isolated", isolated()), ("onnx_inproc", {})):
+        shutil.copytree(REPO_ROOT / "model_repository" / "onnx_mlp", repo / name)
+        config = (repo / name / "config.pbtxt").read_text().replace('"onnx_mlp"', f'"{name}"')
+        config += "".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+            for k, v in params.items()
+        )
+        (repo / name / "config.pbtxt").write_text(config)
+    srv = start_server(repo, backend_directory=backends)
+    yield srv
+    srv.stop_and_check()
+
+
+def children(pid: int) -> list[int]:
+    """The isolated instance processes of a server."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and CHILD_ARGUMENT.encode() in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def infer(url: str, model: str, arr: np.ndarray, protocol: str = "http", **params):
+    mod = httpclient if protocol == "http" else grpcclient
+    inp = mod.InferInput("INPUT0", list(arr.shape), "FP32")
+    inp.set_data_from_numpy(arr)
+    client = (
+        httpclient.InferenceServerClient(url, network_timeout=TIMEOUT)
+        if protocol == "http"
+        else grpcclient.InferenceServerClient(url)
+    )
+    try:
+        return client.infer(model, [inp], request_id="r1", parameters=params or None)
+    finally:
+        client.close()
+
+
+def url_of(server, protocol):
+    return server.http_url if protocol == "http" else server.grpc_url
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_isolated_model_serves_like_one_in_the_server(server, protocol):
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = infer(url_of(server, protocol), "isolated", arr, protocol, note="hi")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), arr)
+    # The request reached the backend whole: id and parameters, through the child.
+    response = result.get_response()
+    params = response["parameters"] if protocol == "http" else {
+        k: v.string_param for k, v in response.parameters.items()}
+    assert params["seen_id"] == "r1"
+    assert params["seen_note"] == "hi"
+    # Two instances, two processes, children of the server.
+    assert len(children(server.process.pid)) >= 2
+
+
+def test_isolated_dynamic_batching_reaches_the_child_as_one_batch(server):
+    import concurrent.futures as cf
+    arrs = [np.full((1, 4), i, dtype=np.float32) for i in range(4)]
+    with cf.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda a: infer(server.http_url, "isolated_batched", a), arrs))
+    for arr, result in zip(arrs, results):
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), arr)
+    assert max(int(r.as_numpy("BATCH")[0][0]) for r in results) > 1
+
+
+def test_isolated_backend_may_answer_after_execute_returned(server):
+    arr = np.ones((1, 5), dtype=np.float32)
+    result = infer(server.http_url, "isolated_later", arr)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), arr)
+
+
+def test_real_runtime_isolated_gives_the_same_outputs(server):
+    arr = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    for protocol in ("http", "grpc"):
+        ours = infer(url_of(server, protocol), "onnx_isolated", arr, protocol).as_numpy("OUTPUT0")
+        theirs = infer(url_of(server, protocol), "onnx_inproc", arr, protocol).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(ours, theirs)
+    # A large batch crosses shared memory whole.
+    big = np.random.default_rng(4).standard_normal((32, 16)).astype(np.float32)
+    np.testing.assert_array_equal(
+        infer(server.http_url, "onnx_isolated", big).as_numpy("OUTPUT0"),
+        infer(server.http_url, "onnx_inproc", big).as_numpy("OUTPUT0"),
+    )
+
+
+@pytest.mark.parametrize(
+    "how, says",
+    [("segv", "SIGSEGV"), ("abort", "SIGABRT"), ("exit", "exited with status 3")],
+)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_crash_fails_its_request_and_the_instance_restarts(server, how, says, protocol):
+    arr = np.ones((1, 3), dtype=np.float32)
+    before = children(server.process.pid)
+    with pytest.raises(InferenceServerException) as info:
+        infer(url_of(server, protocol), "isolated", arr, protocol, crash=how)
+    message = str(info.value)
+    assert says in message, message
+    assert "restarting" in message, message
+    if protocol == "http":
+        assert info.value.status() == "500"
+    else:
+        assert info.value.status() == "StatusCode.INTERNAL"
+    # The other models never noticed; the server is up.
+    np.testing.assert_array_equal(infer(server.http_url, "neighbour", arr).as_numpy("OUTPUT0"), arr)
+    # The instance is back: both instances answer again (a bounded number of tries covers
+    # both whichever one the queue hands each request to).
+    for _ in range(4):
+        np.testing.assert_array_equal(
+            infer(url_of(server, protocol), "isolated", arr, protocol).as_numpy("OUTPUT0"), arr)
+    # The replacement process comes up beside the old ones (after its backoff).
+    deadline = time.monotonic() + TIMEOUT
+    after = children(server.process.pid)
+    while len(after) < len(before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        after = children(server.process.pid)
+    assert len(after) == len(before)
+    assert after != before, "the crashed process should have been replaced"
+
+
+def test_repeated_crashes_make_the_model_unavailable_until_loaded_again(tmp_path, backends):
+    repo = tmp_path / "repo"
+    write_model(repo, "fragile", **isolated(**{"ferrum.isolation.max_crashes": "2"}))
+    write_model(repo, "neighbour")
+    srv = start_server(
+        repo, ["--model-control-mode", "explicit", "--load-model", "*"],
+        backend_directory=backends)
+    try:
+        arr = np.ones((1, 2), dtype=np.float32)
+        client = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
+        for _ in range(2):
+            with pytest.raises(InferenceServerException):
+                infer(srv.http_url, "fragile", arr, crash="segv")
+        assert not client.is_model_ready("fragile")
+        with pytest.raises(InferenceServerException) as info:
+            infer(srv.http_url, "fragile", arr)
+        assert info.value.status() == "503"
+        assert "crashed 2 times in a row" in str(info.value), str(info.value)
+        with pytest.raises(InferenceServerException) as info:
+            infer(srv.grpc_url, "fragile", arr, "grpc")
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        index = {(m["name"], m.get("version")): m for m in client.get_model_repository_index()}
+        row = index[("fragile", "1")]
+        assert row["state"] == "UNAVAILABLE"
+        assert "SIGSEGV" in row["reason"]
+        # The rest of the server is fine; loading the model again brings it back.
+        np.testing.assert_array_equal(infer(srv.http_url, "neighbour", arr).as_numpy("OUTPUT0"), arr)
+        client.load_model("fragile")
+        assert client.is_model_ready("fragile")
+        np.testing.assert_array_equal(infer(srv.http_url, "fragile", arr).as_numpy("OUTPUT0"), arr)
+        client.close()
+    finally:
+        srv.stop_and_check()
+
+
+def test_isolated_processes_go_when_the_model_is_unloaded(tmp_path, backends):
+    repo = tmp_path / "repo"
+    write_model(repo, "isolated", **isolated())
+    srv = start_server(
+        repo, ["--model-control-mode", "explicit", "--load-model", "*"],
+        backend_directory=backends)
+    try:
+        assert len(children(srv.process.pid)) == 1
+        client = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
+        client.unload_model("isolated")
+        deadline = time.monotonic() + TIMEOUT
+        while children(srv.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert children(srv.process.pid) == []
+        client.close()
+    finally:
+        srv.stop_and_check()
+
+
+def test_isolated_processes_die_with_the_server(tmp_path, backends):
+    repo = tmp_path / "repo"
+    write_model(repo, "isolated", "instance_group [ { count: 2 kind: KIND_CPU } ]", **isolated())
+    srv = start_server(repo, backend_directory=backends)
+    kids = children(srv.process.pid)
+    assert len(kids) == 2
+    srv.process.kill()
+    srv.process.wait(TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    alive = kids
+    while alive and time.monotonic() < deadline:
+        alive = [k for k in kids if Path(f"/proc/{k}").exists()
+                 and "Z" not in Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1][:3]]
+        time.sleep(0.05)
+    assert alive == [], f"isolated processes outlived the server: {alive}"
+
+
+def test_without_isolation_the_same_crash_takes_the_server_down(tmp_path, backends):
+    """The difference isolation makes: the same model in the server's own process."""
+    repo = tmp_path / "repo"
+    write_model(repo, "inproc")
+    srv = start_server(repo, backend_directory=backends)
+    arr = np.ones((1, 2), dtype=np.float32)
+    with pytest.raises(Exception):
+        infer(srv.http_url, "inproc", arr, crash="segv")
+    assert srv.process.wait(TIMEOUT) == -signal.SIGSEGV
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"{srv.http_base}/v2/health/live", timeout=5)
