@@ -188,6 +188,8 @@ pub struct ModelStats {
     batches: Mutex<BTreeMap<u64, BatchTally>>,
     /// Sequences of a sequence-batched model.
     pub sequences: SequenceCounts,
+    /// Process ids of the version's isolated instance processes.
+    pub processes: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// How many sequences a model started, ended, and released idle.
@@ -255,7 +257,19 @@ impl ModelStats {
             last_inference_ms: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
             sequences: SequenceCounts::default(),
+            processes: Mutex::new(Default::default()),
         }
+    }
+
+    /// Resident memory of the version's isolated instance processes, in bytes (none for a
+    /// version that runs inside the server).
+    pub fn isolated_memory(&self) -> Option<u64> {
+        let pids = self.processes.lock().clone();
+        (!pids.is_empty()).then(|| {
+            pids.iter()
+                .filter_map(|&pid| crate::isolation::resident_bytes(pid))
+                .sum()
+        })
     }
 
     /// Records a backend execution of `rows` batch rows.

@@ -278,3 +278,19 @@ def test_without_isolation_the_same_crash_takes_the_server_down(tmp_path, backen
     assert srv.process.wait(TIMEOUT) == -signal.SIGSEGV
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{srv.http_base}/v2/health/live", timeout=5)
+
+
+def test_metrics_show_the_memory_of_isolated_models(server):
+    text = requests.get(f"http://{server.metrics_url}/metrics", timeout=TIMEOUT).text
+    memory = {}
+    for line in text.splitlines():
+        if line.startswith("ferrum_model_memory_bytes{"):
+            labels, value = line.rsplit(" ", 1)
+            model = labels.split('model="', 1)[1].split('"', 1)[0]
+            memory[model] = float(value)
+    # Every isolated version is listed with its processes' resident memory; the others are
+    # not (their memory is the server's own).
+    assert set(memory) == {"isolated", "isolated_batched", "isolated_later", "onnx_isolated"}
+    assert all(v > 1_000_000 for v in memory.values()), memory
+    # ONNX Runtime's process holds the runtime: more than the testing backend's.
+    assert memory["onnx_isolated"] > memory["isolated_later"]

@@ -28,6 +28,7 @@ use ferrum_backend_api::{
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::stats::ModelStats;
 use wire::{Answer, FromChild, ParamMsg, Region, RequestMsg, Setup, TensorMsg, ToChild};
 
 pub use child::CHILD_ARGUMENT;
@@ -152,11 +153,13 @@ struct Process {
     input: Region,
     /// Outputs, written there.
     output: Region,
+    /// Where the process is listed while it runs.
+    stats: Arc<ModelStats>,
 }
 
 impl Process {
     /// Starts an instance process and waits until it loaded the model (or failed to).
-    fn start(setup: &Setup) -> std::result::Result<Process, BackendError> {
+    fn start(setup: &Setup, stats: &Arc<ModelStats>) -> std::result::Result<Process, BackendError> {
         let fail = |what: &str, e: std::io::Error| {
             BackendError::unavailable(format!(
                 "cannot start an isolated process for instance '{}': {what}: {e}",
@@ -203,11 +206,13 @@ impl Process {
         }
         let child = spawn(command).map_err(|e| fail("spawn", e))?;
         drop(theirs);
+        stats.processes.lock().insert(child.id());
         let mut process = Process {
             child,
             socket,
             input,
             output,
+            stats: Arc::clone(stats),
         };
         wire::send(
             &mut process.socket,
@@ -245,6 +250,7 @@ impl Drop for Process {
         // Closing the socket tells the child to exit; it gets a grace period, then SIGKILL.
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
         let _ = wait_for(&mut self.child);
+        self.stats.processes.lock().remove(&self.child.id());
     }
 }
 
@@ -300,6 +306,8 @@ pub struct IsolatedInstance {
     crashes: u32,
     /// The version's health, shared with its other instances.
     health: Arc<Health>,
+    /// The version's statistics (its processes are listed there).
+    stats: Arc<ModelStats>,
     /// Numbers batches.
     batch: u64,
     /// Reused message buffer.
@@ -330,6 +338,8 @@ pub struct InstanceSpec {
     pub index: u32,
     /// Its kind.
     pub kind: u32,
+    /// The version's statistics.
+    pub stats: Arc<ModelStats>,
 }
 
 impl IsolatedInstance {
@@ -353,7 +363,7 @@ impl IsolatedInstance {
             kind: spec.kind,
             device_id: 0,
         };
-        let process = Process::start(&setup)?;
+        let process = Process::start(&setup, &spec.stats)?;
         tracing::info!(
             model = %setup.model,
             instance = %setup.instance,
@@ -366,15 +376,10 @@ impl IsolatedInstance {
             process: Some(process),
             crashes: 0,
             health,
+            stats: spec.stats,
             batch: 0,
             buffer: Vec::new(),
         })
-    }
-
-    /// The process's resident memory in bytes, when it is running.
-    pub fn resident_bytes(&self) -> Option<u64> {
-        let pid = self.process.as_ref()?.child.id();
-        resident_bytes(pid)
     }
 
     /// Restarts a crashed process after the backoff its crash count calls for.
@@ -383,7 +388,7 @@ impl IsolatedInstance {
             .saturating_mul(1 << self.crashes.saturating_sub(1).min(16))
             .min(MAX_BACKOFF);
         std::thread::sleep(backoff);
-        match Process::start(&self.setup) {
+        match Process::start(&self.setup, &self.stats) {
             Ok(process) => {
                 tracing::warn!(
                     model = %self.setup.model,

@@ -75,6 +75,11 @@ const FAMILIES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "ferrum_model_memory_bytes",
+        "Resident memory of a model version's isolated instance processes (isolated models only)",
+        false,
+    ),
+    (
         "ferrum_sequences_active",
         "Open sequences of a sequence-batched model (started, neither ended nor released idle)",
         false,
@@ -174,6 +179,10 @@ impl Collector for InferenceCollector {
                         c.load(std::sync::atomic::Ordering::Relaxed) as f64
                     };
                     let value = match name {
+                        "ferrum_model_memory_bytes" => match m.isolated_memory() {
+                            Some(bytes) => bytes as f64,
+                            None => continue,
+                        },
                         "ferrum_sequences_active" => sequences.active() as f64,
                         "ferrum_sequences_started_total" => count(&sequences.started),
                         "ferrum_sequences_ended_total" => count(&sequences.ended),

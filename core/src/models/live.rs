@@ -350,6 +350,7 @@ impl LiveModel {
                             instance: name.clone(),
                             index,
                             kind: kind.0,
+                            stats: Arc::clone(&stats),
                         };
                         let isolated = crate::isolation::IsolatedInstance::start(
                             spec,
