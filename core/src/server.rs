@@ -707,9 +707,17 @@ impl Core {
             record.failed(FailureReason::Other);
             return Err(e);
         }
+        let deadline = match crate::scheduler::queue_deadline(&model.config, &request, received) {
+            Ok(deadline) => deadline,
+            Err(e) => {
+                record.failed(FailureReason::Other);
+                return Err(e);
+            }
+        };
         let ticket = Ticket {
             cancelled: Arc::new(AtomicBool::new(false)),
             delivery: std::mem::take(&mut request.delivery).into(),
+            deadline,
         };
         let requested = request.outputs.clone();
         let id = request.id.clone();
@@ -789,7 +797,39 @@ impl ResponseStream {
         if self.done {
             return None;
         }
-        let Some(message) = self.rx.recv().await else {
+        // The deadline is watched where a runtime's timer is at hand; a backend thread reading
+        // its host call (BLS) has none, and there the instance's own check at dequeue is what
+        // keeps an expired request from running.
+        let watched = match &self.ticket.deadline {
+            Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
+                Some(Arc::clone(deadline))
+            }
+            _ => None,
+        };
+        let message = match watched {
+            None => self.rx.recv().await,
+            Some(deadline) => {
+                let at = tokio::time::Instant::from_std(deadline.at());
+                let first = tokio::select! {
+                    message = self.rx.recv() => Some(message),
+                    () = tokio::time::sleep_until(at) => None,
+                };
+                match first {
+                    Some(message) => message,
+                    // The deadline passed before the request started: it never will.
+                    None if deadline.expire() => {
+                        self.done = true;
+                        self.record.failed(FailureReason::Rejected);
+                        return Some(Err(crate::scheduler::queue_timeout(&self.model.name)));
+                    }
+                    // An instance took it in time: wait for its answer.
+                    None => self.rx.recv().await,
+                }
+            }
+        };
+        // Once a message arrived (or the request started in time) the deadline is settled.
+        self.ticket.deadline = None;
+        let Some(message) = message else {
             self.done = true;
             self.record.failed(FailureReason::Backend);
             return Some(Err(Error::internal(

@@ -1,6 +1,7 @@
 //! Command line flags, spelled and meant as tritonserver's where they overlap.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use ferrum_core::ControlMode;
@@ -175,6 +176,53 @@ pub struct Args {
     /// no max_queue_size; more are refused with "queue full" (Ferrum only).
     #[arg(long, default_value_t = ferrum_core::DEFAULT_QUEUE_LIMIT, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |v| v as usize), value_name = "REQUESTS")]
     pub max_queue_size: usize,
+
+    /// Most HTTP connections served at once; over it, new connections wait to be accepted
+    /// until one closes. 0: no limit (Ferrum only).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub http_max_connections: usize,
+
+    /// Most gRPC connections served at once; over it, new connections wait to be accepted
+    /// until one closes. 0: no limit (Ferrum only).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub grpc_max_connections: usize,
+
+    /// Seconds an HTTP/1 client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); the connection is closed after. 0: no limit.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub http_header_timeout_secs: Duration,
+
+    /// Seconds a request body may take to arrive once its headers are in; after it the
+    /// request is answered 408 and the connection closed. 0: no limit.
+    #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub http_body_timeout_secs: Duration,
+
+    /// Milliseconds between HTTP/2 keepalive pings the gRPC server sends on a connection.
+    #[arg(long, default_value_t = 7_200_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    pub grpc_keepalive_time: u64,
+
+    /// Milliseconds the gRPC server waits for a keepalive ping's acknowledgement before it
+    /// closes the connection.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    pub grpc_keepalive_timeout: u64,
+}
+
+/// The default of `--http-max-connections` and `--grpc-max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Reads a number of seconds (fractions allowed, e.g. `0.5`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' is not a usable number of seconds (0 or more)"))
+}
+
+/// A timeout flag's value: none where the flag says 0.
+pub fn timeout(flag: Duration) -> Option<Duration> {
+    (!flag.is_zero()).then_some(flag)
 }
 
 impl Args {

@@ -3,6 +3,7 @@
 //! and the assembly; everything else is [`ferrum_core`].
 
 pub mod cli;
+pub mod connections;
 pub mod frontend;
 pub mod logging;
 pub mod otlp;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -13,6 +12,7 @@ use ferrum_core::CoreBuilder;
 use ferrum_core::logging::LogSettings;
 
 use crate::cli::Args;
+use crate::connections::{ConnectionLimit, HttpSettings, LimitedIncoming};
 use crate::otlp::OtlpHttpExporter;
 
 async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -76,18 +76,18 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     if args.allow_http {
         let listener = bind(&args.http_address, args.http_port, "http").await?;
         tracing::info!("HTTP service listening on {}", listener.local_addr()?);
-        let app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
+        let mut app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
+        if let Some(limit) = crate::cli::timeout(args.http_body_timeout_secs) {
+            app = app.layer(axum::Extension(crate::frontend::http::BodyTimeout(limit)));
+        }
+        let settings = HttpSettings {
+            limit: ConnectionLimit::new(args.http_max_connections),
+            header_timeout: crate::cli::timeout(args.http_header_timeout_secs),
+        };
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app,
-            )
-            .with_graceful_shutdown(signal)
-            .await
-            .context("HTTP server failed")
+            crate::connections::serve_http(listener, app, settings, signal).await;
+            anyhow::Ok(())
         }));
     }
     if args.allow_grpc {
@@ -95,16 +95,19 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
         tracing::info!("gRPC service listening on {}", listener.local_addr()?);
         let service = crate::frontend::grpc::service(Arc::clone(&core), args.max_request_size);
         let signal = stopped(stop_rx.clone());
+        let incoming =
+            LimitedIncoming::new(listener, ConnectionLimit::new(args.grpc_max_connections));
+        let keepalive = Duration::from_millis(args.grpc_keepalive_time);
+        let keepalive_timeout = Duration::from_millis(args.grpc_keepalive_timeout);
         tasks.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(keepalive))
+                .http2_keepalive_timeout(Some(keepalive_timeout))
                 .layer(tower::util::MapResponseLayer::new(
                     crate::frontend::grpc::size_limit_status,
                 ))
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    signal,
-                )
+                .serve_with_incoming_shutdown(incoming, signal)
                 .await
                 .context("gRPC server failed")
         }));

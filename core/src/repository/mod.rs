@@ -116,7 +116,19 @@ pub fn read_config(dir: &Path) -> Result<Option<ModelConfig>> {
         Ok(text) => crate::config::parse_text(&text)
             .map(Some)
             .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // A config.pbtxt that is there but cannot be followed (a dangling symbolic link) is
+        // an unreadable config, not a missing one: treating it as missing would auto-complete
+        // a different config and replace the one serving.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && std::fs::symlink_metadata(&path).is_err() =>
+        {
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::invalid(format!(
+            "cannot read {}: it is a symbolic link to a file that does not exist",
+            path.display()
+        ))),
         Err(e) => Err(Error::invalid(format!(
             "cannot read {}: {e}",
             path.display()
@@ -224,5 +236,17 @@ mod tests {
         let versions = version_folders(&models[0].path).unwrap();
         assert_eq!(versions.keys().copied().collect::<Vec<_>>(), vec![1, 10]);
         assert!(read_config(&models[0].path).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unreadable_config_is_an_error_not_a_missing_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join(CONFIG_FILE);
+        std::os::unix::fs::symlink(dir.path().join("gone.pbtxt"), &config).unwrap();
+        let error = read_config(dir.path()).unwrap_err();
+        assert!(error.message.contains("symbolic link"), "{}", error.message);
+        std::fs::remove_file(&config).unwrap();
+        std::fs::create_dir(&config).unwrap();
+        assert!(read_config(dir.path()).is_err());
     }
 }

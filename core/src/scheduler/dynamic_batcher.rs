@@ -269,7 +269,8 @@ pub fn new(model: &str, policy: BatchPolicy) -> (Handle, Batches) {
     )
 }
 
-fn int_parameter(request: &InferRequest, key: &str) -> Result<Option<u64>> {
+/// A request parameter that must be a non-negative integer when present.
+pub(super) fn int_parameter(request: &InferRequest, key: &str) -> Result<Option<u64>> {
     match request
         .parameters
         .iter()
@@ -451,11 +452,7 @@ impl Shared {
                 if cancelled {
                     self.refuse(p, Error::cancelled(CANCELLED_IN_QUEUE));
                 } else if expired {
-                    let error = Error::unavailable(format!(
-                        "request for model '{}' timed out in the queue",
-                        self.model
-                    ));
-                    self.refuse(p, error);
+                    self.refuse(p, super::queue_timeout(&self.model));
                 } else {
                     if reject && let Some(t) = p.timeout_at {
                         next = Some(next.map_or(t, |n| n.min(t)));

@@ -5,6 +5,11 @@
 //! the backend. A batch is a list of whole requests: the backend joins them itself (see
 //! `ferrum_backend_api::batch`), so each keeps its id, parameters and responder. Every queue is
 //! bounded: a full one refuses a request at once with "queue full" (UNAVAILABLE).
+//!
+//! A request's `timeout` parameter (microseconds) is a deadline for starting it: one still
+//! queued when it passes is answered "timed out in the queue" (UNAVAILABLE, as Triton) and
+//! never reaches the backend. With a dynamic batcher the model's queue policy decides instead
+//! (`default_queue_policy`, `allow_timeout_override`), as in Triton.
 
 mod channel;
 mod dynamic_batcher;
@@ -15,22 +20,55 @@ mod sequence;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
 use ferrum_backend_api::InstanceBox;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::proto::inference::model_config::SchedulingChoice;
 use crate::server::InferRequest;
 use crate::stats::{ComputeTimes, ModelStats};
 pub use channel::{ResponseRx, ResponseTx, responses};
 pub use dynamic_batcher::{ADAPTIVE_BATCHING, BatchPolicy};
-pub use request::{ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
+pub use request::{Deadline, ExecClock, Ticket, Work, host_buffer, param_ref, tensor_info};
 use request::{RequestState, request_handle};
 use responder::Destination;
 pub use responder::{Outputs, RequestTiming, ResponseMessage};
 pub use sequence::{SequenceEnd, SequenceId, backend_config, sequence_fields};
+
+/// The answer to a request whose timeout passed while it waited to run.
+pub fn queue_timeout(model: &str) -> Error {
+    Error::unavailable(format!(
+        "request for model '{model}' timed out in the queue: its timeout passed before an \
+         instance could run it"
+    ))
+}
+
+/// The deadline a request's `timeout` parameter (microseconds, counted from `received`) sets
+/// for starting it; none without the parameter (or with 0). Models with a dynamic batcher
+/// follow their queue policy instead, and an ensemble passes the parameter on to its steps,
+/// so neither gets a deadline here. A `timeout` that is not a non-negative integer is refused.
+pub fn queue_deadline(
+    config: &ModelConfig,
+    request: &InferRequest,
+    received: Instant,
+) -> Result<Option<Arc<Deadline>>> {
+    let batched = config.max_batch_size > 0
+        && matches!(
+            config.scheduling_choice,
+            Some(SchedulingChoice::DynamicBatching(_))
+        );
+    if batched || crate::models::is_ensemble(config) {
+        return Ok(None);
+    }
+    let timeout = dynamic_batcher::int_parameter(request, "timeout")?;
+    Ok(timeout
+        .filter(|&us| us > 0)
+        .and_then(|us| received.checked_add(Duration::from_micros(us)))
+        .map(|at| Arc::new(Deadline::new(at))))
+}
 
 /// The way into a model version's instances.
 enum Entry {
@@ -197,9 +235,9 @@ fn run_instance(
     }
 }
 
-/// Executes a batch of whole requests. Requests the client cancelled while they waited are
-/// answered here and never reach the backend; an error from `execute` fails every request
-/// of the batch that has no final response yet.
+/// Executes a batch of whole requests. Requests the client cancelled while they waited, and
+/// requests whose deadline passed, are answered here and never reach the backend; an error
+/// from `execute` fails every request of the batch that has no final response yet.
 fn execute(instance: &mut InstanceBox, batch: Vec<Work>, shared: &InstanceShared) {
     let started = Instant::now();
     let mut states = Vec::with_capacity(batch.len());
@@ -214,6 +252,13 @@ fn execute(instance: &mut InstanceBox, batch: Vec<Work>, shared: &InstanceShared
             work.dest.send(ResponseMessage::rejection(Error::cancelled(
                 "the request was cancelled before it ran",
             )));
+            continue;
+        }
+        if let Some(deadline) = &work.ticket.deadline
+            && !deadline.start()
+        {
+            work.dest
+                .send(ResponseMessage::rejection(queue_timeout(&shared.model)));
             continue;
         }
         rows += work.rows(shared.batches);

@@ -7,7 +7,7 @@
 //! when the last handle goes away without a final response, fails the request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Instant;
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -34,6 +34,73 @@ pub struct Ticket {
     pub cancelled: Arc<AtomicBool>,
     /// Per-output delivery (shared memory, classification).
     pub delivery: Arc<[OutputDelivery]>,
+    /// The instant the request must have started running by (its `timeout` parameter), for
+    /// models whose queue has no timeout policy of its own.
+    pub deadline: Option<Arc<Deadline>>,
+}
+
+/// A queued request's deadline, and who got to it first: the instance that starts the
+/// request, or the client side that gives up on it when the deadline passes. Exactly one of
+/// them wins, so a request the client was told timed out never reaches the backend.
+#[derive(Debug)]
+pub struct Deadline {
+    /// When the request stops being worth starting.
+    at: Instant,
+    /// [`Deadline::QUEUED`], [`Deadline::RUNNING`] or [`Deadline::EXPIRED`].
+    state: AtomicU8,
+}
+
+impl Deadline {
+    /// Still waiting in a queue.
+    const QUEUED: u8 = 0;
+    /// An instance took it before the deadline.
+    const RUNNING: u8 = 1;
+    /// The deadline passed first; it never runs.
+    const EXPIRED: u8 = 2;
+
+    /// A deadline at `at` for a request that is queued now.
+    pub fn new(at: Instant) -> Self {
+        Deadline {
+            at,
+            state: AtomicU8::new(Self::QUEUED),
+        }
+    }
+
+    /// When the deadline passes.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Called by the instance about to run the request: true when it may run (from then on
+    /// the deadline no longer applies), false when the deadline passed first.
+    pub fn start(&self) -> bool {
+        if Instant::now() >= self.at {
+            self.expire();
+        }
+        match self.state.compare_exchange(
+            Self::QUEUED,
+            Self::RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == Self::RUNNING,
+        }
+    }
+
+    /// Called once the deadline has passed: true when the request had not started (and now
+    /// never will), false when an instance already runs it.
+    pub fn expire(&self) -> bool {
+        match self.state.compare_exchange(
+            Self::QUEUED,
+            Self::EXPIRED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == Self::EXPIRED,
+        }
+    }
 }
 
 /// A request waiting for, or in, execution.
@@ -583,5 +650,30 @@ impl ResponseObj for ServerResponse {
         let result = self.finish().map(Some);
         self.state
             .send(result, flags & RESPONSE_FINAL != 0, output_start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deadline;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_deadline_goes_to_whoever_comes_first() {
+        let later = Instant::now() + Duration::from_secs(60);
+        // Started in time: the deadline no longer applies.
+        let started = Deadline::new(later);
+        assert!(started.start());
+        assert!(!started.expire());
+        assert!(started.start());
+        // Expired first: it never starts.
+        let expired = Deadline::new(later);
+        assert!(expired.expire());
+        assert!(!expired.start());
+        assert!(expired.expire());
+        // An instance that comes after the deadline does not start it either.
+        let passed = Deadline::new(Instant::now());
+        assert!(!passed.start());
+        assert!(passed.expire());
     }
 }

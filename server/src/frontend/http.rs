@@ -2,6 +2,7 @@
 //! Each handler decodes, calls the core, encodes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -62,29 +63,59 @@ impl IntoResponse for HttpError {
 
 type HttpResult<T> = Result<T, HttpError>;
 
+/// How long a request body may take to arrive once its headers are in; the server puts it
+/// on the router as an extension (`--http-body-timeout-secs`). Without it there is no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub Duration);
+
 /// A request body, read up to `--max-request-size`; a larger one is refused with 413 and a
-/// JSON error, like every other error.
+/// JSON error, like every other error. A body that does not arrive within the
+/// [`BodyTimeout`] is answered 408 and its connection closed, so a client that stalls
+/// cannot hold the connection.
 struct Body(Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
-    type Rejection = HttpError;
+    type Rejection = Response;
 
     async fn from_request(
         request: axum::extract::Request,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(request, state).await {
+        let timeout = request.extensions().get::<BodyTimeout>().copied();
+        let read = Bytes::from_request(request, state);
+        let read = match timeout {
+            None => read.await,
+            Some(BodyTimeout(limit)) => match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let message = format!(
+                        "the request body did not arrive within {} s \
+                         (--http-body-timeout-secs); closing the connection",
+                        limit.as_secs_f64()
+                    );
+                    return Err((
+                        StatusCode::REQUEST_TIMEOUT,
+                        [(header::CONNECTION, HeaderValue::from_static("close"))],
+                        axum::Json(json!({ "error": message })),
+                    )
+                        .into_response());
+                }
+            },
+        };
+        match read {
             Ok(bytes) => Ok(Body(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(HttpError(Error::new(
                     ErrorKind::ResourceExhausted,
                     "request body exceeds the server's limit (--max-request-size)",
-                )))
+                ))
+                .into_response())
             }
             Err(rejection) => Err(HttpError(Error::invalid(format!(
                 "cannot read the request body: {}",
                 rejection.body_text()
-            )))),
+            )))
+            .into_response()),
         }
     }
 }

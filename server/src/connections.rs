@@ -1,0 +1,245 @@
+//! Hard edges of the network side: how many connections a port holds at once, and how long a
+//! client may take to send a request's headers. Both frontends accept through
+//! [`ConnectionLimit`]: over the limit, the accept loop stops taking connections until one
+//! closes, so new clients wait in the kernel's listen queue (their own connect and request
+//! timeouts apply) rather than being refused. The HTTP port is served by [`serve_http`], which
+//! gives HTTP/1 connections a header read timeout (a client that trickles its headers, or a
+//! keep-alive connection left idle, is closed when it runs out).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// How many connections a port serves at once; `None` is no limit.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionLimit(Option<Arc<Semaphore>>);
+
+impl ConnectionLimit {
+    /// At most `max` connections at once; 0 means no limit.
+    pub fn new(max: usize) -> Self {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        ConnectionLimit((max > 0).then(|| Arc::new(Semaphore::new(max))))
+    }
+
+    /// Waits for room for one more connection; the connection holds the permit until it ends.
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self.0.as_ref()?;
+        // The semaphore is never closed, so acquiring only fails if it were.
+        Arc::clone(semaphore).acquire_owned().await.ok()
+    }
+}
+
+/// Accepts the next TCP connection; transient errors (a peer that gave up during the
+/// handshake) are skipped, others (out of file descriptors) are logged and retried after a
+/// pause, so the accept loop never spins or stops.
+async fn accept(listener: &TcpListener, what: &str) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                tracing::error!("{what}: cannot accept a connection: {e}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A connection that counts against its port's [`ConnectionLimit`] until it is dropped.
+pub struct LimitedStream {
+    /// The connection.
+    inner: TcpStream,
+    /// Its place under the limit.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for LimitedStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// The next connection of a [`LimitedIncoming`], on its way.
+type NextConnection = Pin<Box<dyn Future<Output = LimitedStream> + Send>>;
+
+/// A listener's connections as a stream (what tonic serves), admitted under a limit.
+/// Dropping it closes the listening socket.
+pub struct LimitedIncoming {
+    /// The listening socket.
+    listener: Arc<TcpListener>,
+    /// The port's limit.
+    limit: ConnectionLimit,
+    /// The accept in progress.
+    next: Option<NextConnection>,
+}
+
+impl LimitedIncoming {
+    /// The connections of `listener`, at most as many at once as `limit` allows.
+    pub fn new(listener: TcpListener, limit: ConnectionLimit) -> Self {
+        LimitedIncoming {
+            listener: Arc::new(listener),
+            limit,
+            next: None,
+        }
+    }
+}
+
+impl tokio_stream::Stream for LimitedIncoming {
+    type Item = io::Result<LimitedStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let next = this.next.get_or_insert_with(|| {
+            let listener = Arc::clone(&this.listener);
+            let limit = this.limit.clone();
+            Box::pin(async move {
+                let permit = limit.admit().await;
+                LimitedStream {
+                    inner: accept(&listener, "gRPC").await,
+                    _permit: permit,
+                }
+            })
+        });
+        let stream = std::task::ready!(next.as_mut().poll(cx));
+        this.next = None;
+        Poll::Ready(Some(Ok(stream)))
+    }
+}
+
+/// How the HTTP port treats its clients.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Most connections at once.
+    pub limit: ConnectionLimit,
+    /// How long an HTTP/1 client may take to send a request's headers (and how long a
+    /// keep-alive connection may sit idle); `None` waits forever.
+    pub header_timeout: Option<Duration>,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets every
+/// connection finish the request it is on (idle ones close at once) and returns once all
+/// have closed.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    settings: HttpSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    // Told to every connection when shutdown begins.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection holds a receiver; all gone means all connections closed.
+    let (open_tx, open_rx) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = settings.limit.admit() => permit,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            stream = accept(&listener, "HTTP") => stream,
+            () = &mut shutdown => break,
+        };
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("HTTP connection closed: {e}");
+                        }
+                        break;
+                    }
+                    changed = stop.wait_for(|s| *s), if !stopping => {
+                        stopping = true;
+                        if changed.is_ok() {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+            drop(permit);
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
+}
