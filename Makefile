@@ -8,7 +8,7 @@ PORT_METRICS ?= 8002
 # Debug build used by the tests, laid out like an install tree.
 TEST_BACKENDS := target/debug/backends
 
-.PHONY: all build run test test-rust test-python lint bench clean fuzz libtorch
+.PHONY: all build run test test-rust test-python lint bench soak clean fuzz libtorch
 
 all: build
 
@@ -66,6 +66,13 @@ lint: libtorch
 bench: build
 	scripts/setup-python.sh
 	.venv/bin/python scripts/bench.py --server dist/bin/ferrum --repository model_repository
+
+## soak: SOAK_MINUTES (default 10) at concurrency 64 over HTTP and gRPC across the example
+## models, reloading every 30 s, with an isolated model that crashes and restarts
+SOAK_MINUTES ?= 10
+soak: build
+	scripts/setup-python.sh
+	.venv/bin/python scripts/soak.py --server dist/bin/ferrum --minutes $(SOAK_MINUTES)
 
 clean:
 	$(CARGO) clean

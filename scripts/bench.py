@@ -38,6 +38,9 @@ MLPS = {
 }
 BATCHING = "\ndynamic_batching { max_queue_delay_microseconds: 200 }\n"
 ADAPTIVE = 'parameters { key: "ferrum.adaptive_batching" value: { string_value: "true" } }\n'
+ISOLATED = 'parameters { key: "ferrum.isolation" value: { string_value: "process" } }\n'
+# Models measured again with their instances in a child process (docs/reliability.md).
+ISOLATED_MODELS = ["simple", "onnx_mlp"]
 # Batching variant → (model name suffix, config text added).
 VARIANTS = {"off": ("", ""), "on": ("_batched", BATCHING), "adaptive": ("_adaptive", BATCHING + ADAPTIVE)}
 
@@ -57,6 +60,11 @@ def prepare_repository(source: Path, target: Path) -> list:
             continue
         shutil.copytree(source / name, target / name)
         models.append(name)
+        if name in ISOLATED_MODELS:
+            twin = target / f"{name}_isolated"
+            shutil.copytree(source / name, twin)
+            config = (twin / "config.pbtxt").read_text().replace(f'"{name}"', f'"{name}_isolated"')
+            (twin / "config.pbtxt").write_text(config + ISOLATED)
         if name in MLPS:
             for suffix, extra in VARIANTS.values():
                 if not suffix:
@@ -272,6 +280,22 @@ def main():
                         print(f"| {name} | {batching} | {protocol} | {c} | {rps:.0f} | {p50:.0f} "
                               f"| {p99:.0f} | {rps / f_rps:.2f} | {p50 - f_p50:.0f} "
                               f"| {p99 / p50:.1f} | {ratio(b1)} | {ratio(b32)} |", flush=True)
+        isolated = [n for n in models if n in ISOLATED_MODELS]
+        if isolated:
+            print("\nProcess isolation (docs/reliability.md): the same model with its instance in a "
+                  "child process, against it inside the server:\n")
+            print("| model | protocol | conc. | in server infer/s | isolated infer/s | ratio "
+                  "| p50 in server µs | p50 isolated µs | added p50 µs |")
+            print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for name in isolated:
+                for protocol in protocols:
+                    url = f"127.0.0.1:{ports[protocol]}"
+                    for c in levels:
+                        base = perf_point(args.perf, protocol, url, name, c, args.seconds)
+                        iso = perf_point(args.perf, protocol, url, f"{name}_isolated", c, args.seconds)
+                        print(f"| {name} | {protocol} | {c} | {base[0]:.0f} | {iso[0]:.0f} "
+                              f"| {iso[0] / base[0]:.2f} | {base[1]:.0f} | {iso[1]:.0f} "
+                              f"| {iso[1] - base[1]:.0f} |", flush=True)
         print()
         for name, ((b1, problem), (b32, _)) in raw.items():
             runtime = MLPS[name][0]
