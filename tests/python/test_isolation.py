@@ -66,6 +66,8 @@ def server(tmp_path_factory, backends):
                 **isolated(sleep_ms="50"))
     write_model(repo, "isolated_later", "",
                 **isolated(mode="answer_later"))
+    write_model(repo, "isolated_sleepy", **isolated(
+        sleep_from_input="true", marker_file=tmp_path_factory.mktemp("markers") / "sleepy"))
     write_model(repo, "neighbour")
     # The real ONNX Runtime backend, isolated, beside the same model in the server.
     for name, params in (("onnx_isolated", isolated()), ("onnx_inproc", {})):
@@ -196,6 +198,39 @@ def test_a_crash_fails_its_request_and_the_instance_restarts(server, how, says, 
     assert after != before, "the crashed process should have been replaced"
 
 
+def test_a_process_killed_from_outside_fails_its_request_and_restarts(server):
+    """What the out-of-memory killer does: SIGKILL to the process, in the middle of a request."""
+    import threading
+    config = Path(server.model_repository) / "isolated_sleepy" / "config.pbtxt"
+    marker = Path(config.read_text().split('marker_file" value: { string_value: "')[1].split('"')[0])
+    marker.unlink(missing_ok=True)
+    sleepy = set(children(server.process.pid))
+    outcome = {}
+
+    def slow():
+        try:
+            infer(server.http_url, "isolated_sleepy", np.full((1, 2), 10_000, dtype=np.float32))
+        except InferenceServerException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The one process whose backend is executing now is the sleepy model's.
+    busy = [pid for pid in sleepy if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2]
+            == b"isolated_sleepy_0"]
+    assert len(busy) == 1, busy
+    os.kill(busy[0], signal.SIGKILL)
+    thread.join(TIMEOUT)
+    message = str(outcome.get("error"))
+    assert "SIGKILL" in message and "isolated_sleepy" in message, message
+    arr = np.zeros((1, 2), dtype=np.float32)
+    np.testing.assert_array_equal(
+        infer(server.http_url, "isolated_sleepy", arr).as_numpy("OUTPUT0"), arr)
+
+
 def test_repeated_crashes_make_the_model_unavailable_until_loaded_again(tmp_path, backends):
     repo = tmp_path / "repo"
     write_model(repo, "fragile", **isolated(**{"ferrum.isolation.max_crashes": "2"}))
@@ -290,7 +325,28 @@ def test_metrics_show_the_memory_of_isolated_models(server):
             memory[model] = float(value)
     # Every isolated version is listed with its processes' resident memory; the others are
     # not (their memory is the server's own).
-    assert set(memory) == {"isolated", "isolated_batched", "isolated_later", "onnx_isolated"}
+    assert set(memory) == {
+        "isolated", "isolated_batched", "isolated_later", "isolated_sleepy", "onnx_isolated"}
     assert all(v > 1_000_000 for v in memory.values()), memory
     # ONNX Runtime's process holds the runtime: more than the testing backend's.
     assert memory["onnx_isolated"] > memory["isolated_later"]
+
+
+def test_a_load_that_fails_in_the_child_reports_the_backends_error(tmp_path, backends):
+    repo = tmp_path / "repo"
+    # Mode `tag` needs tag.txt in the version folder: without it the backend refuses to load,
+    # inside the child process.
+    write_model(repo, "untagged", **isolated(mode="tag"))
+    write_model(repo, "neighbour")
+    srv = start_server(repo, backend_directory=backends)
+    try:
+        client = httpclient.InferenceServerClient(srv.http_url, network_timeout=TIMEOUT)
+        assert not client.is_model_ready("untagged")
+        rows = [m for m in client.get_model_repository_index() if m["name"] == "untagged"]
+        assert any("incomplete version folder" in m.get("reason", "") for m in rows), rows
+        assert children(srv.process.pid) == []
+        arr = np.ones((1, 2), dtype=np.float32)
+        np.testing.assert_array_equal(infer(srv.http_url, "neighbour", arr).as_numpy("OUTPUT0"), arr)
+        client.close()
+    finally:
+        srv.stop_and_check()
