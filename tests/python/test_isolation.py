@@ -69,6 +69,13 @@ def server(tmp_path_factory, backends):
     write_model(repo, "isolated_sleepy", **isolated(
         sleep_from_input="true", marker_file=tmp_path_factory.mktemp("markers") / "sleepy"))
     write_model(repo, "neighbour")
+    # Business logic from inside a child: calls run by the server on other models.
+    write_model(repo, "isolated_forward", **isolated(mode="forward", forward_to="neighbour"))
+    write_model(repo, "isolated_fanout", **isolated(mode="fanout", forward_to="neighbour"))
+    write_model(repo, "isolated_self", **isolated(mode="forward", forward_to="isolated_self"))
+    srv_markers = tmp_path_factory.mktemp("cancel")
+    write_model(repo, "isolated_cancel", **isolated(
+        sleep_from_input="true", cancel_marker=srv_markers / "cancelled"))
     # The real ONNX Runtime backend, isolated, beside the same model in the server.
     for name, params in (("onnx_isolated", isolated()), ("onnx_inproc", {})):
         shutil.copytree(REPO_ROOT / "model_repository" / "onnx_mlp", repo / name)
@@ -79,6 +86,7 @@ def server(tmp_path_factory, backends):
         )
         (repo / name / "config.pbtxt").write_text(config)
     srv = start_server(repo, backend_directory=backends)
+    srv.cancel_marker = srv_markers / "cancelled"
     yield srv
     srv.stop_and_check()
 
@@ -162,6 +170,40 @@ def test_real_runtime_isolated_gives_the_same_outputs(server):
         infer(server.http_url, "onnx_isolated", big).as_numpy("OUTPUT0"),
         infer(server.http_url, "onnx_inproc", big).as_numpy("OUTPUT0"),
     )
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", ["isolated_forward", "isolated_fanout"])
+def test_an_isolated_backend_calls_other_models_through_the_server(server, protocol, model):
+    arr = np.arange(8, dtype=np.float32).reshape(2, 4)
+    result = infer(url_of(server, protocol), model, arr, protocol)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), arr)
+    # A large tensor crosses both ways through the call files.
+    big = np.random.default_rng(5).standard_normal((8, 100_000)).astype(np.float32)
+    np.testing.assert_array_equal(
+        infer(url_of(server, protocol), model, big, protocol).as_numpy("OUTPUT0"), big)
+    # The files are gone once read.
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith("ferrum-iso-")]
+
+
+def test_an_isolated_model_cannot_call_itself(server):
+    with pytest.raises(InferenceServerException) as info:
+        infer(server.http_url, "isolated_self", np.ones((1, 2), dtype=np.float32))
+    assert "cannot call itself" in str(info.value), str(info.value)
+
+
+def test_a_cancelled_request_is_seen_as_cancelled_in_the_child(server):
+    server.cancel_marker.unlink(missing_ok=True)
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [10000]}]}
+    with pytest.raises(requests.exceptions.Timeout):
+        requests.post(f"{server.http_base}/v2/models/isolated_cancel/infer", json=body,
+                      timeout=0.5)
+    # The client went away: the server cancels the request, and the backend in the child sees
+    # it long before its 10 s sleep ends.
+    deadline = time.monotonic() + 8
+    while not server.cancel_marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.cancel_marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -326,7 +368,8 @@ def test_metrics_show_the_memory_of_isolated_models(server):
     # Every isolated version is listed with its processes' resident memory; the others are
     # not (their memory is the server's own).
     assert set(memory) == {
-        "isolated", "isolated_batched", "isolated_later", "isolated_sleepy", "onnx_isolated"}
+        "isolated", "isolated_batched", "isolated_later", "isolated_sleepy", "onnx_isolated",
+        "isolated_forward", "isolated_fanout", "isolated_self", "isolated_cancel"}
     assert all(v > 1_000_000 for v in memory.values()), memory
     # ONNX Runtime's process holds the runtime: more than the testing backend's.
     assert memory["onnx_isolated"] > memory["isolated_later"]

@@ -3,25 +3,27 @@
 //! Input bytes are read in place from the input region; outputs are written straight into
 //! the output region, and only their places cross the socket.
 
+use std::collections::HashMap;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RStr, RVec};
 use ferrum_backend_api::{
-    BackendError, BufferMut, BufferRef, CorrelationRef, DataType, HostObj, HostObj_TO,
-    HostRequestBox, InstanceBox, InstanceInfoObj, InstanceInfoObj_TO, InstanceKind, LogLevel,
-    Memory, ModelBox, ModelInfoObj, ModelInfoObj_TO, ParamRef, RESPONSE_FINAL, RequestObj,
-    RequestObj_TO, ResponderHandle, ResponderObj, ResponderObj_TO, ResponseBox, ResponseObj,
-    ResponseObj_TO, TensorInfo,
+    BackendError, BufferMut, BufferRef, CorrelationRef, DataType, HostCallBox, HostCallObj,
+    HostCallObj_TO, HostObj, HostObj_TO, HostRequestBox, HostRequestObj, HostRequestObj_TO,
+    InferResultBox, InferResultObj, InferResultObj_TO, InstanceBox, InstanceInfoObj,
+    InstanceInfoObj_TO, InstanceKind, LogLevel, Memory, ModelBox, ModelInfoObj, ModelInfoObj_TO,
+    ParamRef, RESPONSE_FINAL, RequestObj, RequestObj_TO, ResponderHandle, ResponderObj,
+    ResponderObj_TO, ResponseBox, ResponseObj, ResponseObj_TO, TensorInfo,
 };
 use parking_lot::Mutex;
 
 use super::wire::{
-    self, ALIGN, Answer, ErrorMsg, FromChild, ParamMsg, Region, RequestMsg, Setup, TensorMsg,
-    ToChild,
+    self, ALIGN, Answer, CallAnswer, CallMsg, ErrorMsg, FromChild, ParamMsg, Region, RequestMsg,
+    Setup, ShmFile, TensorMsg, ToChild,
 };
 
 /// The command line argument that makes the `ferrum` executable an isolated instance process.
@@ -35,6 +37,12 @@ struct Link {
     output: Region,
     /// The next free byte of the output region in this batch.
     bump: AtomicUsize,
+    /// Inferences the backend started on other models, by call number: where their answers go.
+    calls: Mutex<HashMap<u64, crossbeam_channel::Sender<CallAnswer>>>,
+    /// Numbers the calls.
+    next_call: AtomicU64,
+    /// The running batch and its requests' cancellation flags.
+    cancelled: Mutex<(u64, Vec<Arc<AtomicBool>>)>,
 }
 
 impl Link {
@@ -87,6 +95,9 @@ fn serve() -> Result<(), String> {
         writer: Mutex::new(writer),
         output,
         bump: AtomicUsize::new(0),
+        calls: Mutex::new(HashMap::new()),
+        next_call: AtomicU64::new(0),
+        cancelled: Mutex::new((0, Vec::new())),
     });
     let mut buffer = Vec::new();
     let setup = match wire::receive::<ToChild>(&mut reader, &mut buffer) {
@@ -95,7 +106,7 @@ fn serve() -> Result<(), String> {
         Err(e) => return Err(format!("cannot read the setup: {e}")),
     };
     // Fields drop in reverse: the instance before the model before the backend's library.
-    let (_library, _backend, _model, mut instance) = match load(&setup) {
+    let (_library, _backend, _model, mut instance) = match load(&setup, &link) {
         Ok(loaded) => loaded,
         Err(e) => {
             link.send(&FromChild::Failed(ErrorMsg::from(&e)));
@@ -103,17 +114,73 @@ fn serve() -> Result<(), String> {
         }
     };
     link.send(&FromChild::Ready);
-    loop {
+    // One thread reads the socket, so answers to the backend's own calls arrive while its
+    // `execute` waits for them; batches go to this thread, which runs them.
+    let (batches, next_batch) = crossbeam_channel::unbounded::<Batch>();
+    let reading = {
+        let link = Arc::clone(&link);
+        std::thread::Builder::new()
+            .name("ferrum-isolated-reader".into())
+            .spawn(move || read(reader, link, batches))
+            .map_err(|e| format!("cannot start the reader thread: {e}"))?
+    };
+    for (batch, requests, flags) in next_batch {
+        execute(&link, &input, &mut instance, batch, requests, flags);
+    }
+    reading
+        .join()
+        .map_err(|_| "the reader thread panicked".to_string())?
+}
+
+/// A batch as the reader hands it over: its number, requests and cancellation flags.
+type Batch = (u64, Vec<RequestMsg>, Vec<Arc<AtomicBool>>);
+
+/// Reads the server's messages until the socket closes.
+fn read(
+    mut reader: UnixStream,
+    link: Arc<Link>,
+    batches: crossbeam_channel::Sender<Batch>,
+) -> Result<(), String> {
+    let mut buffer = Vec::new();
+    let result = loop {
         match wire::receive::<ToChild>(&mut reader, &mut buffer) {
             Ok(Some(ToChild::Execute { batch, requests })) => {
-                execute(&link, &input, &mut instance, batch, requests);
+                let flags: Vec<_> = requests
+                    .iter()
+                    .map(|_| Arc::new(AtomicBool::new(false)))
+                    .collect();
+                *link.cancelled.lock() = (batch, flags.clone());
+                if batches.send((batch, requests, flags)).is_err() {
+                    break Ok(());
+                }
             }
-            Ok(Some(ToChild::Setup(_))) => return Err("a second setup".into()),
+            Ok(Some(ToChild::Cancel { batch, request })) => {
+                let cancelled = link.cancelled.lock();
+                if cancelled.0 == batch
+                    && let Some(flag) = cancelled.1.get(request as usize)
+                {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(Some(ToChild::CallAnswer { call, answer })) => {
+                let mut calls = link.calls.lock();
+                let last = !matches!(answer, CallAnswer::Response { .. });
+                if let Some(tx) = calls.get(&call) {
+                    let _ = tx.send(answer);
+                }
+                if last {
+                    calls.remove(&call);
+                }
+            }
+            Ok(Some(ToChild::Setup(_))) => break Err("a second setup".to_string()),
             // The server closed the socket: it is unloading the model or going away.
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("cannot read from the server: {e}")),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("cannot read from the server: {e}")),
         }
-    }
+    };
+    // Calls still waiting learn that the server is gone.
+    link.calls.lock().clear();
+    result
 }
 
 type Loaded = (
@@ -123,13 +190,14 @@ type Loaded = (
     InstanceBox,
 );
 
-fn load(setup: &Setup) -> Result<Loaded, BackendError> {
+fn load(setup: &Setup, link: &Arc<Link>) -> Result<Loaded, BackendError> {
     let path = std::path::Path::new(&setup.library);
     let (_, root) = crate::plugins::open_library(&setup.backend, path, path)
         .map_err(|e| BackendError::unavailable(e.message))?;
     let host = HostObj_TO::from_ptr(
         RArc::new(ChildHost {
             instance: setup.instance.clone(),
+            link: Arc::clone(link),
         }),
         TD_Opaque,
     );
@@ -160,12 +228,13 @@ fn execute(
     instance: &mut InstanceBox,
     batch: u64,
     requests: Vec<RequestMsg>,
+    flags: Vec<Arc<AtomicBool>>,
 ) {
     // The server read every output of the previous batch before it sent this one.
     link.bump.store(0, Ordering::Relaxed);
     let mut states = Vec::with_capacity(requests.len());
     let mut handles = RVec::with_capacity(requests.len());
-    for (index, message) in requests.into_iter().enumerate() {
+    for ((index, message), cancelled) in requests.into_iter().enumerate().zip(flags) {
         let addresses: Option<Vec<usize>> = message
             .inputs
             .iter()
@@ -176,6 +245,7 @@ fn execute(
             batch,
             index: index as u32,
             finished: AtomicBool::new(false),
+            cancelled,
             addresses: addresses.clone().unwrap_or_default(),
             message,
         });
@@ -217,6 +287,8 @@ struct ChildRequest {
     index: u32,
     /// The final message went out.
     finished: AtomicBool,
+    /// The client cancelled the request.
+    cancelled: Arc<AtomicBool>,
     /// Where each input's bytes are mapped.
     addresses: Vec<usize>,
     /// The request.
@@ -339,7 +411,7 @@ impl RequestObj for ChildRequestHandle {
     }
 
     fn is_cancelled(&self) -> bool {
-        false
+        self.0.cancelled.load(Ordering::Relaxed)
     }
 
     fn responder(&self) -> ResponderHandle {
@@ -377,7 +449,7 @@ impl ResponderObj for ChildResponder {
     }
 
     fn is_cancelled(&self) -> bool {
-        false
+        self.0.cancelled.load(Ordering::Relaxed)
     }
 }
 
@@ -485,10 +557,13 @@ impl InstanceInfoObj for ChildModelInfo {
     }
 }
 
-/// The services the child offers its backend: logging to the server's standard error.
+/// The services the child offers its backend: logging to the server's standard error, and
+/// inferences on the server's other models (business logic), run by the server.
 struct ChildHost {
     /// The instance, for log lines.
     instance: String,
+    /// The way to the server.
+    link: Arc<Link>,
 }
 
 impl HostObj for ChildHost {
@@ -508,12 +583,286 @@ impl HostObj for ChildHost {
     fn new_request(
         &self,
         model_name: RStr<'_>,
-        _model_version: i64,
+        model_version: i64,
     ) -> RResult<HostRequestBox, BackendError> {
-        RResult::RErr(BackendError::unsupported(format!(
-            "'{model_name}' cannot be called from instance '{}': a model running in an \
-             isolated process cannot start inferences on other models",
-            self.instance
-        )))
+        RResult::ROk(HostRequestObj_TO::from_value(
+            ChildHostRequest {
+                link: Arc::clone(&self.link),
+                model: model_name.as_str().to_string(),
+                version: model_version,
+                id: String::new(),
+                parameters: Vec::new(),
+                inputs: Vec::new(),
+                requested: Vec::new(),
+            },
+            TD_Opaque,
+        ))
+    }
+}
+
+/// Where a host request's input bytes are until the call starts.
+enum CallInput {
+    /// Copied.
+    Owned(Vec<u8>),
+    /// Lent by the backend (valid until the call ended; they are copied when it starts).
+    Lent(usize, usize),
+}
+
+/// An inference the child's backend is building.
+struct ChildHostRequest {
+    /// The way to the server.
+    link: Arc<Link>,
+    /// The target model.
+    model: String,
+    /// Its version (-1: the server's choice).
+    version: i64,
+    /// Request id.
+    id: String,
+    /// Parameters.
+    parameters: Vec<ParamMsg>,
+    /// Inputs: name, type, shape, bytes.
+    inputs: Vec<(String, u32, Vec<i64>, CallInput)>,
+    /// Outputs asked for.
+    requested: Vec<String>,
+}
+
+impl ChildHostRequest {
+    /// Writes the inputs to a call file and sends the call; its answers arrive on the result.
+    fn begin(&mut self) -> Result<ChildCall, BackendError> {
+        let call = self.link.next_call.fetch_add(1, Ordering::Relaxed);
+        let path = ShmFile::path(std::process::id(), &format!("c{call}"));
+        let tensors = self.inputs.iter().map(|(name, datatype, shape, data)| {
+            let bytes: &[u8] = match data {
+                CallInput::Owned(bytes) => bytes,
+                CallInput::Lent(0, _) | CallInput::Lent(_, 0) => &[],
+                // SAFETY: the backend lends these bytes until the call has ended.
+                CallInput::Lent(ptr, len) => unsafe {
+                    std::slice::from_raw_parts(*ptr as *const u8, *len)
+                },
+            };
+            (name.clone(), *datatype, shape.clone(), bytes)
+        });
+        let (file, inputs) = wire::layout(tensors, &path).map_err(|e| {
+            BackendError::new(
+                ferrum_backend_api::ErrorCode::RESOURCE_EXHAUSTED,
+                format!("cannot pass the inputs of a call to '{}': {e}", self.model),
+            )
+        })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.link.calls.lock().insert(call, tx);
+        self.link.send(&FromChild::Call(Box::new(CallMsg {
+            call,
+            model: self.model.clone(),
+            version: self.version,
+            id: self.id.clone(),
+            parameters: std::mem::take(&mut self.parameters),
+            inputs,
+            file: file.map(|_| path),
+            requested: std::mem::take(&mut self.requested),
+        })));
+        self.inputs.clear();
+        Ok(ChildCall {
+            link: Arc::clone(&self.link),
+            call,
+            answers: rx,
+            done: false,
+        })
+    }
+}
+
+impl HostRequestObj for ChildHostRequest {
+    fn set_id(&mut self, id: RStr<'_>) {
+        self.id = id.as_str().to_string();
+    }
+
+    fn add_parameter(&mut self, parameter: ParamRef<'_>) {
+        self.parameters.extend(ParamMsg::of(&parameter));
+    }
+
+    fn add_input(
+        &mut self,
+        name: RStr<'_>,
+        datatype: DataType,
+        shape: RSlice<'_, i64>,
+        data: RSlice<'_, u8>,
+    ) {
+        self.inputs.push((
+            name.as_str().to_string(),
+            datatype.0,
+            shape.to_vec(),
+            CallInput::Owned(data.to_vec()),
+        ));
+    }
+
+    fn add_requested_output(&mut self, name: RStr<'_>) {
+        self.requested.push(name.as_str().to_string());
+    }
+
+    fn infer(&mut self) -> RResult<RVec<InferResultBox>, BackendError> {
+        let mut call = match self.begin() {
+            Ok(call) => call,
+            Err(e) => return RResult::RErr(e),
+        };
+        let mut results = RVec::new();
+        while let ROption::RSome(next) = call.next() {
+            match next {
+                RResult::ROk(result) => results.push(result),
+                RResult::RErr(e) => return RResult::RErr(e),
+            }
+        }
+        RResult::ROk(results)
+    }
+
+    fn add_input_lent(
+        &mut self,
+        name: RStr<'_>,
+        datatype: DataType,
+        shape: RSlice<'_, i64>,
+        data: BufferRef,
+    ) {
+        self.inputs.push((
+            name.as_str().to_string(),
+            datatype.0,
+            shape.to_vec(),
+            CallInput::Lent(data.ptr as usize, data.len),
+        ));
+    }
+
+    fn start(&mut self) -> RResult<HostCallBox, BackendError> {
+        self.begin()
+            .map(|call| HostCallObj_TO::from_value(call, TD_Opaque))
+            .into()
+    }
+}
+
+/// An inference the child's backend started; the server runs it and sends its answers.
+struct ChildCall {
+    /// The way to the server.
+    link: Arc<Link>,
+    /// Its number.
+    call: u64,
+    /// Its answers.
+    answers: crossbeam_channel::Receiver<CallAnswer>,
+    /// The last answer came (or the call was cancelled).
+    done: bool,
+}
+
+impl HostCallObj for ChildCall {
+    fn next(&mut self) -> ROption<RResult<InferResultBox, BackendError>> {
+        if self.done {
+            return ROption::RNone;
+        }
+        let answer = match self.answers.recv() {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.done = true;
+                return ROption::RSome(RResult::RErr(BackendError::unavailable(
+                    "the server went away during the call",
+                )));
+            }
+        };
+        match answer {
+            CallAnswer::Response {
+                file,
+                outputs,
+                parameters,
+            } => {
+                let file = match file.as_deref().map(ShmFile::open).transpose() {
+                    Ok(file) => file,
+                    Err(e) => {
+                        return ROption::RSome(RResult::RErr(BackendError::internal(format!(
+                            "cannot read a response of the call: {e}"
+                        ))));
+                    }
+                };
+                let result = ChildInferResult {
+                    file,
+                    outputs,
+                    parameters,
+                };
+                ROption::RSome(RResult::ROk(InferResultObj_TO::from_value(
+                    result, TD_Opaque,
+                )))
+            }
+            CallAnswer::Error(e) => {
+                self.done = true;
+                ROption::RSome(RResult::RErr(e.into()))
+            }
+            CallAnswer::End => {
+                self.done = true;
+                ROption::RNone
+            }
+        }
+    }
+
+    fn cancel(&mut self) {
+        if !std::mem::replace(&mut self.done, true) {
+            self.link.calls.lock().remove(&self.call);
+            self.link.send(&FromChild::CancelCall { call: self.call });
+        }
+    }
+}
+
+impl Drop for ChildCall {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// One response of a call, its outputs in a file the server wrote.
+struct ChildInferResult {
+    /// The outputs' file (none when they are all empty).
+    file: Option<ShmFile>,
+    /// Outputs.
+    outputs: Vec<TensorMsg>,
+    /// Parameters.
+    parameters: Vec<ParamMsg>,
+}
+
+impl InferResultObj for ChildInferResult {
+    fn parameter_count(&self) -> usize {
+        self.parameters.len()
+    }
+
+    fn parameter(&self, index: usize) -> ROption<ParamRef<'_>> {
+        self.parameters.get(index).map(ParamMsg::as_ref).into()
+    }
+
+    fn output_count(&self) -> usize {
+        self.outputs.len()
+    }
+
+    fn output(&self, index: usize) -> ROption<TensorInfo<'_>> {
+        self.outputs
+            .get(index)
+            .map(|t| {
+                crate::scheduler::tensor_info(
+                    &t.name,
+                    DataType(t.datatype),
+                    &t.shape,
+                    t.len as usize,
+                )
+            })
+            .into()
+    }
+
+    fn output_buffer(&self, output: usize, buffer: usize) -> ROption<BufferRef> {
+        let Some(t) = self.outputs.get(output).filter(|_| buffer == 0) else {
+            return ROption::RNone;
+        };
+        let bytes: &[u8] = if t.len == 0 {
+            &[]
+        } else {
+            match self.file.as_ref().and_then(|f| f.range(t.offset, t.len)) {
+                Some(bytes) => bytes,
+                None => return ROption::RNone,
+            }
+        };
+        ROption::RSome(BufferRef {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            memory: Memory::CPU,
+            flags: 0,
+        })
     }
 }

@@ -12,6 +12,7 @@
 pub mod child;
 mod wire;
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -26,15 +27,21 @@ use ferrum_backend_api::{
     ResponderHandle,
 };
 
+use parking_lot::Mutex;
+
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::plugins::ServerHost;
 use crate::stats::ModelStats;
-use wire::{Answer, FromChild, ParamMsg, Region, RequestMsg, Setup, TensorMsg, ToChild};
+use wire::{
+    Answer, CallAnswer, CallMsg, ErrorMsg, FromChild, ParamMsg, Region, RequestMsg, Setup, ShmFile,
+    TensorMsg, ToChild,
+};
 
 pub use child::CHILD_ARGUMENT;
 
 /// The model config parameter that runs a model's instances in child processes: `"process"`
-/// (or `"none"`, the default, to run them inside the server).
+/// (or `"none"` to run them inside the server; the default, except for the `python` backend).
 pub const ISOLATION: &str = "ferrum.isolation";
 
 /// The model config parameter that sets after how many crashes in a row (without a batch
@@ -49,6 +56,8 @@ pub const DEFAULT_MAX_CRASHES: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait before a restart.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a running batch's requests are checked for cancellation while the child is quiet.
+const CANCEL_CHECK: Duration = Duration::from_millis(20);
 /// How long an instance process may take to exit after its socket closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -79,10 +88,17 @@ impl Isolation {
     /// The model's isolation settings, or none when it runs inside the server.
     pub fn from_config(config: &ModelConfig) -> Result<Option<Isolation>> {
         let value = |key: &str| config.parameters.get(key).map(|p| p.string_value.trim());
-        match value(ISOLATION) {
-            None | Some("none") | Some("") => return Ok(None),
-            Some("process") => {}
-            Some(other) => {
+        // Python models run isolated unless they say otherwise: one interpreter (and GIL) per
+        // instance, and an interpreter that dies takes only its own requests along.
+        let default = if config.backend == "python" {
+            "process"
+        } else {
+            "none"
+        };
+        match value(ISOLATION).unwrap_or(default) {
+            "none" | "" => return Ok(None),
+            "process" => {}
+            other => {
                 return Err(Error::invalid(format!(
                     "parameter '{ISOLATION}' is '{other}'; use 'process' or 'none'"
                 )));
@@ -155,6 +171,10 @@ struct Process {
     output: Region,
     /// Where the process is listed while it runs.
     stats: Arc<ModelStats>,
+    /// Messages to the child, from the instance thread and from the calls' tasks.
+    writer: Arc<Mutex<UnixStream>>,
+    /// The inferences the child's backend started and that still run, by call number.
+    calls: HashMap<u64, tokio::task::AbortHandle>,
 }
 
 impl Process {
@@ -207,12 +227,24 @@ impl Process {
         let child = spawn(command).map_err(|e| fail("spawn", e))?;
         drop(theirs);
         stats.processes.lock().insert(child.id());
+        let writer = match socket.try_clone() {
+            Ok(writer) => Arc::new(Mutex::new(writer)),
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                stats.processes.lock().remove(&child.id());
+                return Err(fail("socket", e));
+            }
+        };
         let mut process = Process {
             child,
             socket,
             input,
             output,
             stats: Arc::clone(stats),
+            writer,
+            calls: HashMap::new(),
         };
         wire::send(
             &mut process.socket,
@@ -245,11 +277,36 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Sends a message to the child.
+    fn send(&self, message: &ToChild) -> std::io::Result<()> {
+        wire::send(&mut *self.writer.lock(), message)
+    }
+
+    /// Waits up to `timeout` for a message from the child; whether one is there.
+    fn readable(&self, timeout: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for a descriptor we own.
+        let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+        // An error or hang-up also counts: the read then reports it.
+        ready != 0
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
+        for call in self.calls.values() {
+            call.abort();
+        }
         // Closing the socket tells the child to exit; it gets a grace period, then SIGKILL.
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
         let _ = wait_for(&mut self.child);
+        wire::remove_leftovers(self.child.id());
         self.stats.processes.lock().remove(&self.child.id());
     }
 }
@@ -308,6 +365,8 @@ pub struct IsolatedInstance {
     health: Arc<Health>,
     /// The version's statistics (its processes are listed there).
     stats: Arc<ModelStats>,
+    /// Runs the inferences the child's backend starts on other models.
+    host: ServerHost,
     /// Numbers batches.
     batch: u64,
     /// Reused message buffer.
@@ -340,6 +399,8 @@ pub struct InstanceSpec {
     pub kind: u32,
     /// The version's statistics.
     pub stats: Arc<ModelStats>,
+    /// Runs the inferences the child's backend starts on other models.
+    pub host: ServerHost,
 }
 
 impl IsolatedInstance {
@@ -377,6 +438,7 @@ impl IsolatedInstance {
             crashes: 0,
             health,
             stats: spec.stats,
+            host: spec.host,
             batch: 0,
             buffer: Vec::new(),
         })
@@ -442,15 +504,13 @@ impl IsolatedInstance {
         }
         let responders: Vec<ResponderHandle> = requests.iter().map(|r| r.responder()).collect();
         let mut finished = vec![false; requests.len()];
+        let mut cancel_sent = vec![false; requests.len()];
         let mut open = requests.len();
         let mut executed = false;
-        if let Err(e) = wire::send(
-            &mut process.socket,
-            &ToChild::Execute {
-                batch,
-                requests: messages,
-            },
-        ) {
+        if let Err(e) = process.send(&ToChild::Execute {
+            batch,
+            requests: messages,
+        }) {
             return self.lost(
                 &responders,
                 &mut finished,
@@ -458,10 +518,22 @@ impl IsolatedInstance {
             );
         }
         while open > 0 || !executed {
-            let process = match self.process.as_mut() {
-                Some(p) => p,
-                None => return Ok(()),
+            let Some(process) = self.process.as_mut() else {
+                return Ok(());
             };
+            if !process.readable(CANCEL_CHECK) {
+                // Nothing from the child for a while: pass on cancellations meanwhile.
+                for (index, request) in requests.iter().enumerate() {
+                    if !finished[index] && !cancel_sent[index] && request.is_cancelled() {
+                        cancel_sent[index] = true;
+                        let _ = process.send(&ToChild::Cancel {
+                            batch,
+                            request: index as u32,
+                        });
+                    }
+                }
+                continue;
+            }
             let message = match wire::receive::<FromChild>(&mut process.socket, &mut self.buffer) {
                 Ok(Some(message)) => message,
                 Ok(None) => return self.lost(&responders, &mut finished, "while running"),
@@ -501,6 +573,22 @@ impl IsolatedInstance {
                                 open -= 1;
                             }
                         }
+                    }
+                }
+                FromChild::Call(call) => {
+                    let number = call.call;
+                    let pid = process.child.id();
+                    let writer = Arc::clone(&process.writer);
+                    process.calls.retain(|_, task| !task.is_finished());
+                    if let Some(task) =
+                        start_call(&self.host, &self.setup.model, pid, writer, *call)
+                    {
+                        process.calls.insert(number, task);
+                    }
+                }
+                FromChild::CancelCall { call } => {
+                    if let Some(task) = process.calls.remove(&call) {
+                        task.abort();
                     }
                 }
                 _ => {}
@@ -562,6 +650,136 @@ impl InstanceObj for IsolatedInstance {
         }
         self.run(&requests).into()
     }
+}
+
+/// Runs an inference the child's backend started on another model: its inputs are read in
+/// place from the child's call file, and each response's outputs go to a file of their own
+/// that the child maps. Returns the task sending the answers (none when it failed at once).
+fn start_call(
+    host: &ServerHost,
+    own_model: &str,
+    pid: u32,
+    writer: Arc<Mutex<UnixStream>>,
+    call: CallMsg,
+) -> Option<tokio::task::AbortHandle> {
+    let number = call.call;
+    let answer = move |writer: &Mutex<UnixStream>, answer: CallAnswer| {
+        let _ = wire::send(
+            &mut *writer.lock(),
+            &ToChild::CallAnswer {
+                call: number,
+                answer,
+            },
+        );
+    };
+    let fail = |e: BackendError| {
+        answer(&writer, CallAnswer::Error(ErrorMsg::from(&e)));
+        None
+    };
+    if call.model == own_model {
+        return fail(BackendError::invalid_argument(format!(
+            "model '{own_model}' cannot call itself from its own execute: its instances would \
+             wait on themselves"
+        )));
+    }
+    let Some((core, runtime)) = host.core() else {
+        return fail(BackendError::unavailable(
+            "the server is not ready for inference",
+        ));
+    };
+    let file: Arc<ShmFile> = match call.file.as_deref().map(ShmFile::open).transpose() {
+        Ok(Some(file)) => Arc::new(file),
+        Ok(None) => Arc::new(ShmFile::empty()),
+        Err(e) => {
+            return fail(BackendError::internal(format!(
+                "cannot read the inputs of the call: {e}"
+            )));
+        }
+    };
+    let mut inputs = Vec::with_capacity(call.inputs.len());
+    for t in call.inputs {
+        let Some(bytes) = file.range(t.offset, t.len) else {
+            return fail(BackendError::internal(format!(
+                "input '{}' lies outside its call file",
+                t.name
+            )));
+        };
+        let release: Arc<dyn Send + Sync> = file.clone();
+        // SAFETY: the mapping lives as long as `release`, which every copy of the input holds.
+        let data =
+            unsafe { crate::server::LentBytes::new(bytes.as_ptr(), bytes.len(), false, release) };
+        inputs.push(crate::server::InputTensor {
+            name: t.name,
+            datatype: DataType(t.datatype),
+            shape: t.shape,
+            data: crate::server::InputData::Lent(data),
+        });
+    }
+    let request = crate::server::InferRequest {
+        model_name: call.model,
+        model_version: (call.version > 0).then_some(call.version),
+        id: call.id,
+        parameters: call
+            .parameters
+            .iter()
+            .filter_map(|p| ferrum_backend_api::Parameter::from_ffi(&p.as_ref()))
+            .collect(),
+        inputs,
+        outputs: call.requested,
+        delivery: Vec::new(),
+    };
+    drop(file);
+    let mut stream = match core.infer_stream(request) {
+        Ok(stream) => stream,
+        Err(e) => return fail(e.into()),
+    };
+    let task = runtime.spawn(async move {
+        let mut n = 0u64;
+        while let Some(item) = stream.next().await {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    let e = BackendError::from(e);
+                    answer(&writer, CallAnswer::Error(ErrorMsg::from(&e)));
+                    return;
+                }
+            };
+            if let Some(response) = item.response {
+                let path = ShmFile::path(pid, &format!("r{number}.{n}"));
+                n += 1;
+                let tensors = response
+                    .outputs
+                    .iter()
+                    .map(|o| (o.name.clone(), o.datatype.0, o.shape.clone(), &o.data[..]));
+                match wire::layout(tensors, &path) {
+                    Ok((file, outputs)) => answer(
+                        &writer,
+                        CallAnswer::Response {
+                            file: file.map(|_| path),
+                            outputs,
+                            parameters: response
+                                .parameters
+                                .iter()
+                                .filter_map(|p| ParamMsg::of(&p.value.to_ffi(&p.key)))
+                                .collect(),
+                        },
+                    ),
+                    Err(e) => {
+                        let e = BackendError::internal(format!(
+                            "cannot pass a response of the call on: {e}"
+                        ));
+                        answer(&writer, CallAnswer::Error(ErrorMsg::from(&e)));
+                        return;
+                    }
+                }
+            }
+            if item.is_final {
+                break;
+            }
+        }
+        answer(&writer, CallAnswer::End);
+    });
+    Some(task.abort_handle())
 }
 
 /// Copies a request's inputs into the input region and describes it.

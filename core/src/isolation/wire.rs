@@ -193,6 +193,117 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
         .map_err(std::io::Error::other)
 }
 
+/// A file under /dev/shm holding one host call's inputs (written by the child) or one of its
+/// responses' outputs (written by the server). The reader unlinks it as soon as it mapped it;
+/// the server removes what a crashed child left behind (all its files carry its pid).
+pub struct ShmFile {
+    /// The mapping (kept until every tensor in it is let go); none for no bytes at all.
+    map: Option<memmap2::MmapMut>,
+}
+
+impl ShmFile {
+    /// A file of no bytes (for calls whose tensors are all empty).
+    pub fn empty() -> ShmFile {
+        ShmFile { map: None }
+    }
+
+    /// The path of the file `name` of child `pid`.
+    pub fn path(pid: u32, name: &str) -> String {
+        format!("/dev/shm/ferrum-iso-{pid}-{name}")
+    }
+
+    /// Creates a file of `len` bytes to write into.
+    pub fn create(path: &str, len: usize) -> std::io::Result<ShmFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(len.max(1) as u64)?;
+        // SAFETY: a fresh private file of ours, mapped at its length.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
+        Ok(ShmFile { map: Some(map) })
+    }
+
+    /// Maps a file the other side wrote, and unlinks it.
+    pub fn open(path: &str) -> std::io::Result<ShmFile> {
+        if !path.starts_with("/dev/shm/ferrum-iso-") || path.contains("..") {
+            return Err(std::io::Error::other(format!(
+                "'{path}' is not a call file"
+            )));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let _ = std::fs::remove_file(path);
+        // SAFETY: the writer finished with the file before naming it in a message, and only
+        // reads happen from now on; its length is what the mapping checks ranges against.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
+        Ok(ShmFile { map: Some(map) })
+    }
+
+    /// The bytes at `offset..offset + len`, when they lie inside the file.
+    pub fn range(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        match &self.map {
+            Some(map) => map.get(start..end),
+            None => (end == 0).then_some(&[][..]),
+        }
+    }
+
+    /// The whole file, for writing.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.as_deref_mut().unwrap_or_default()
+    }
+}
+
+/// Removes the call files a child left behind.
+pub fn remove_leftovers(pid: u32) {
+    let prefix = format!("ferrum-iso-{pid}-");
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Lays tensors out one after another (aligned) and says where each one went.
+pub fn layout<'a>(
+    tensors: impl Iterator<Item = (String, u32, Vec<i64>, &'a [u8])> + Clone,
+    path: &str,
+) -> std::io::Result<(Option<ShmFile>, Vec<TensorMsg>)> {
+    let mut total = 0usize;
+    for (.., bytes) in tensors.clone() {
+        total = total.div_ceil(ALIGN) * ALIGN + bytes.len();
+    }
+    let mut file = if total > 0 {
+        Some(ShmFile::create(path, total)?)
+    } else {
+        None
+    };
+    let mut offset = 0usize;
+    let mut placed = Vec::new();
+    for (name, datatype, shape, bytes) in tensors {
+        offset = offset.div_ceil(ALIGN) * ALIGN;
+        if let Some(file) = file.as_mut() {
+            file.bytes_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
+        }
+        placed.push(TensorMsg {
+            name,
+            datatype,
+            shape,
+            offset: offset as u64,
+            len: bytes.len() as u64,
+        });
+        offset += bytes.len();
+    }
+    Ok((file, placed))
+}
+
 /// The server's messages to the child.
 #[derive(Serialize, Deserialize)]
 pub enum ToChild {
@@ -205,6 +316,59 @@ pub enum ToChild {
         /// The requests.
         requests: Vec<RequestMsg>,
     },
+    /// The client cancelled a request of the running batch.
+    Cancel {
+        /// The batch.
+        batch: u64,
+        /// The request's index in it.
+        request: u32,
+    },
+    /// A response (or the end) of an inference the child started on another model.
+    CallAnswer {
+        /// The call.
+        call: u64,
+        /// What came.
+        answer: CallAnswer,
+    },
+}
+
+/// One answer to a host call.
+#[derive(Serialize, Deserialize)]
+pub enum CallAnswer {
+    /// A response: its outputs lie in `file`.
+    Response {
+        /// The file holding the outputs (none when they are all empty).
+        file: Option<String>,
+        /// Outputs.
+        outputs: Vec<TensorMsg>,
+        /// Parameters.
+        parameters: Vec<ParamMsg>,
+    },
+    /// The inference failed; nothing follows.
+    Error(ErrorMsg),
+    /// No more responses.
+    End,
+}
+
+/// An inference the child's backend starts on another model of the server.
+#[derive(Serialize, Deserialize)]
+pub struct CallMsg {
+    /// Numbers the child's calls.
+    pub call: u64,
+    /// The model.
+    pub model: String,
+    /// Its version (-1: the server's choice).
+    pub version: i64,
+    /// The request id.
+    pub id: String,
+    /// Parameters.
+    pub parameters: Vec<ParamMsg>,
+    /// Inputs, in `file`.
+    pub inputs: Vec<TensorMsg>,
+    /// The file holding the inputs (none when they are all empty).
+    pub file: Option<String>,
+    /// Outputs asked for (none: all).
+    pub requested: Vec<String>,
 }
 
 /// What the child loads.
@@ -430,6 +594,13 @@ pub enum FromChild {
         flags: u32,
         /// What it carries.
         answer: Answer,
+    },
+    /// The backend starts an inference on another model.
+    Call(Box<CallMsg>),
+    /// The backend cancelled one of its calls.
+    CancelCall {
+        /// The call.
+        call: u64,
     },
     /// The backend's `execute` returned.
     Executed {

@@ -418,6 +418,7 @@ impl ModelManager {
                         stats: self.stats.model(name, *version),
                         queue_limit: self.queue_limit,
                         owners: &self.sequences,
+                        host: self.plugins.host(),
                     },
                 ),
                 None => LiveModel::ensemble(

@@ -216,6 +216,8 @@ pub struct Serving<'a> {
     pub queue_limit: usize,
     /// Where its open sequences are recorded.
     pub owners: &'a Arc<super::SequenceOwners>,
+    /// The server's services (isolated instances run their backend's calls through it).
+    pub host: &'a crate::plugins::ServerHost,
 }
 
 impl LiveModel {
@@ -280,6 +282,7 @@ impl LiveModel {
             stats,
             queue_limit,
             owners,
+            host,
         } = serving;
         let serial = super::sequences::next_serial();
         let sequence_end: crate::scheduler::SequenceEnd = {
@@ -351,6 +354,7 @@ impl LiveModel {
                             index,
                             kind: kind.0,
                             stats: Arc::clone(&stats),
+                            host: host.clone(),
                         };
                         let isolated = crate::isolation::IsolatedInstance::start(
                             spec,
