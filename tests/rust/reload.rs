@@ -1,7 +1,8 @@
 //! Reload under load: eight clients infer without pause while the model's version folder is
 //! replaced, a new version is added, and its config is changed, ten times in a row, in watch
-//! mode and in poll mode. No request may fail, every answer must come from a complete old or
-//! new version, and the new version must answer soon after each change (printed).
+//! mode and in poll mode. No request may fail, every answer must come from a complete version
+//! folder with a config that was beside it, and the new version must answer soon after each
+//! change (printed).
 
 #![allow(clippy::unwrap_used)] // test code: a failed step should fail the test
 
@@ -123,7 +124,11 @@ fn reload_under_load(mode_args: &[&str], label: &str) {
         })
         .collect();
 
+    // Every pairing of a complete version folder with the config it sat beside is a valid
+    // answer: while the latest folder is being replaced, the one below it is briefly the
+    // latest, and serving it with the current config is right.
     let mut valid: BTreeSet<String> = ["v1-a".to_string()].into();
+    let mut folders: BTreeMap<u32, String> = [(1, "v1-a".to_string())].into();
     let (mut version, mut file_tag, mut suffix) = (1u32, "v1-a".to_string(), String::new());
     let mut latencies = Vec::new();
     for change in 0..CHANGES {
@@ -149,7 +154,8 @@ fn reload_under_load(mode_args: &[&str], label: &str) {
         };
         let changed_at = Instant::now();
         let expected = format!("{file_tag}{suffix}");
-        valid.insert(expected.clone());
+        folders.insert(version, file_tag.clone());
+        valid.extend(folders.values().map(|tag| format!("{tag}{suffix}")));
         let deadline = changed_at + Duration::from_secs(20);
         let seen_at = loop {
             if let Some(at) = observed.lock().unwrap().first_seen.get(&expected) {
