@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod isolation;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod plugins;

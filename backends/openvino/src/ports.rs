@@ -1,9 +1,13 @@
 //! What an OpenVINO model says about its inputs and outputs, and finding its file.
 
+use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
 
 use ferrum_backend_api::{BackendError, DataType, ModelContext};
-use openvino::{Core, ElementType, Model, Node};
+use openvino::{Core, ElementType, InferenceError, InferenceErrorKind, Model, Node};
+use openvino_sys::{
+    ov_free, ov_output_const_port_free, ov_output_const_port_t, ov_port_get_any_name, ov_status_e,
+};
 
 use crate::dtype;
 use crate::runtime::ov_error;
@@ -57,10 +61,66 @@ pub fn shape_text(dims: &[i64]) -> String {
     format!("[{}]", parts.join(","))
 }
 
-fn describe(node: &Node, index: usize, what: &str) -> Result<Port, BackendError> {
-    let name = node
-        .get_name()
+/// A port of a model, freed when this goes.
+///
+/// The `openvino` crate's `Node` (0.11) never frees the `ov_output_const_port_t` it wraps,
+/// nor the name string `get_name` receives. A port that is never freed keeps its node alive,
+/// and a node keeps every node upstream of it: one output port held the whole graph read for
+/// a model version, weights included, so every load leaked it. Ports are therefore only ever
+/// handled through this wrapper, which frees them.
+struct OwnedPort(Node);
+
+// `Node` holds nothing but the port pointer: the same size means that pointer is all of it.
+const _: () =
+    assert!(std::mem::size_of::<Node>() == std::mem::size_of::<*mut ov_output_const_port_t>());
+
+impl OwnedPort {
+    /// The `ov_output_const_port_t` the node wraps.
+    fn raw(&self) -> *mut ov_output_const_port_t {
+        // SAFETY: `Node` is exactly one raw port pointer (its only field; sizes checked above,
+        // the crate version pinned in Cargo.toml), so its bytes are that pointer.
+        unsafe { std::mem::transmute_copy::<Node, *mut ov_output_const_port_t>(&self.0) }
+    }
+
+    /// The port's tensor name; the string OpenVINO allocates for it is freed here.
+    fn name(&self) -> Result<String, InferenceError> {
+        let mut c_name: *mut c_char = std::ptr::null_mut();
+        // SAFETY: a live port, and a place for the string pointer.
+        let status = unsafe { ov_port_get_any_name(self.raw(), &raw mut c_name) };
+        if status != ov_status_e::OK || c_name.is_null() {
+            InferenceError::convert(status, openvino::get_last_error_message())?;
+            return Err(InferenceError {
+                kind: InferenceErrorKind::Unexpected,
+                message: Some("OpenVINO returned no tensor name".to_string()),
+            });
+        }
+        // SAFETY: OpenVINO gave a NUL-terminated string that the caller owns and frees with
+        // `ov_free`; it is copied before it is freed.
+        let name = unsafe { CStr::from_ptr(c_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: allocated by OpenVINO for this call, freed once.
+        unsafe { ov_free(c_name) };
+        Ok(name)
+    }
+}
+
+impl Drop for OwnedPort {
+    fn drop(&mut self) {
+        let port = self.raw();
+        if !port.is_null() {
+            // SAFETY: the port came from OpenVINO, is freed only here, and `Node` itself has no
+            // `Drop` that would free it again.
+            unsafe { ov_output_const_port_free(port) };
+        }
+    }
+}
+
+fn describe(port: &OwnedPort, index: usize, what: &str) -> Result<Port, BackendError> {
+    let name = port
+        .name()
         .map_err(ov_error(format!("model {what} #{index} has no name")))?;
+    let node = &port.0;
     let element = node.get_element_type().map_err(ov_error(format!(
         "cannot read the type of model {what} '{name}'"
     )))?;
@@ -93,10 +153,11 @@ pub fn inputs(model: &Model) -> Result<Vec<Port>, BackendError> {
         .map_err(ov_error("cannot count the model's inputs"))?;
     (0..count)
         .map(|i| {
-            let node = model
+            let port = model
                 .get_input_by_index(i)
+                .map(OwnedPort)
                 .map_err(ov_error(format!("cannot read model input #{i}")))?;
-            describe(&node, i, "input")
+            describe(&port, i, "input")
         })
         .collect()
 }
@@ -108,10 +169,11 @@ pub fn outputs(model: &Model) -> Result<Vec<Port>, BackendError> {
         .map_err(ov_error("cannot count the model's outputs"))?;
     (0..count)
         .map(|i| {
-            let node = model
+            let port = model
                 .get_output_by_index(i)
+                .map(OwnedPort)
                 .map_err(ov_error(format!("cannot read model output #{i}")))?;
-            describe(&node, i, "output")
+            describe(&port, i, "output")
         })
         .collect()
 }

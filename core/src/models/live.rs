@@ -28,9 +28,9 @@ impl Drop for LiveModel {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(move || drop(engine));
+                runtime.spawn_blocking(move || crate::memory::drop_and_release(engine));
             }
-            Err(_) => drop(engine),
+            Err(_) => crate::memory::drop_and_release(engine),
         }
     }
 }

@@ -18,7 +18,7 @@ mod responder;
 mod sequence;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,11 +73,21 @@ pub fn queue_deadline(
 /// The way into a model version's instances.
 enum Entry {
     /// Requests go straight to the instances' shared queue (bounded).
-    Direct(crossbeam_channel::Sender<Work>),
+    Direct(DirectQueue),
     /// Requests go to the dynamic batcher.
     Batched(dynamic_batcher::Handle),
     /// Requests go to their sequences.
     Sequence(sequence::Handle),
+}
+
+/// The shared queue of a model without a batcher, bounded by a count of waiting requests.
+struct DirectQueue {
+    /// Where requests go in.
+    tx: crossbeam_channel::Sender<Work>,
+    /// Requests sent and not yet taken by an instance.
+    waiting: Arc<AtomicUsize>,
+    /// Most requests that may wait.
+    limit: usize,
 }
 
 /// What every instance thread of a model shares.
@@ -129,8 +139,17 @@ impl Scheduler {
                 (Entry::Sequence(handle), Source::Sequence(batches))
             }
             (None, None) => {
-                let (tx, rx) = crossbeam_channel::bounded::<Work>(queue_limit);
-                (Entry::Direct(tx), Source::Direct(rx))
+                // Unbounded underneath so that an idle version holds no preallocated
+                // slots (a bounded channel allocates its whole capacity up front); the
+                // limit is kept by counting.
+                let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+                let waiting = Arc::new(AtomicUsize::new(0));
+                let queue = DirectQueue {
+                    tx,
+                    waiting: Arc::clone(&waiting),
+                    limit: queue_limit,
+                };
+                (Entry::Direct(queue), Source::Direct(rx, waiting))
             }
             (Some(policy), None) => {
                 let (handle, batches) = dynamic_batcher::new(model, policy);
@@ -166,19 +185,17 @@ impl Scheduler {
                     dest: Destination::single(tx),
                     ticket,
                 };
-                match queue.try_send(work) {
-                    Ok(()) => {}
-                    Err(crossbeam_channel::TrySendError::Full(work)) => {
-                        return Err(Error::unavailable(format!(
-                            "queue full: model '{}' already holds {} waiting requests (its \
-                             maximum queue size); retry later",
-                            work.request.model_name,
-                            queue.capacity().unwrap_or_default()
-                        )));
-                    }
-                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                        return Err(Error::unavailable("model has no running instances"));
-                    }
+                if queue.waiting.fetch_add(1, Ordering::AcqRel) >= queue.limit {
+                    queue.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::unavailable(format!(
+                        "queue full: model '{}' already holds {} waiting requests (its \
+                         maximum queue size); retry later",
+                        work.request.model_name, queue.limit
+                    )));
+                }
+                if queue.tx.send(work).is_err() {
+                    queue.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::unavailable("model has no running instances"));
                 }
             }
             Some(Entry::Batched(batcher)) => batcher.submit(request, tx, ticket)?,
@@ -191,8 +208,8 @@ impl Scheduler {
 /// Where an instance thread takes its work from.
 #[derive(Clone)]
 enum Source {
-    /// The shared queue, one request at a time.
-    Direct(crossbeam_channel::Receiver<Work>),
+    /// The shared queue, one request at a time, and its count of waiting requests.
+    Direct(crossbeam_channel::Receiver<Work>, Arc<AtomicUsize>),
     /// The dynamic batcher.
     Batched(dynamic_batcher::Batches),
     /// The sequence batcher.
@@ -216,8 +233,9 @@ fn run_instance(
     shared: Arc<InstanceShared>,
 ) {
     match source {
-        Source::Direct(queue) => {
+        Source::Direct(queue, waiting) => {
             while let Ok(work) = queue.recv() {
+                waiting.fetch_sub(1, Ordering::AcqRel);
                 execute(&mut instance, vec![work], &shared);
             }
         }
