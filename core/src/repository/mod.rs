@@ -164,6 +164,7 @@ const BACKEND_FILES: &[(&str, &str)] = &[
     ("model.pt", "pytorch"),
     ("model.plan", "tensorrt"),
     ("model.xml", "openvino"),
+    ("model.py", "python"),
     ("model.savedmodel", "tensorflow"),
     ("model.graphdef", "tensorflow"),
 ];
