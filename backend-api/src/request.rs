@@ -115,6 +115,8 @@ enum Source<'r> {
     Request(&'r RequestBox),
     /// An output of a host inference result.
     Result(&'r InferResultBox),
+    /// Bytes the backend holds itself.
+    Bytes(&'r [u8]),
 }
 
 /// A read-only view of one tensor lent by the server (a request's input, or an output of an
@@ -161,6 +163,22 @@ impl<'r> Tensor<'r> {
         }
     }
 
+    /// A tensor over bytes the backend holds, for example an input of an inference it
+    /// starts through the host ([`crate::host_start`]): lent to the server, not copied.
+    /// `data` holds the elements in the data type's layout (`BYTES` length-prefixed, see
+    /// [`crate::bytes`]). Author-side only: no change to the ABI.
+    pub fn from_bytes(name: &'r str, datatype: DataType, shape: &'r [i64], data: &'r [u8]) -> Self {
+        Tensor {
+            name,
+            datatype,
+            shape,
+            byte_size: data.len(),
+            buffer_count: 1,
+            index: 0,
+            source: Source::Bytes(data),
+        }
+    }
+
     /// The tensor's name.
     pub fn name(&self) -> &'r str {
         self.name
@@ -184,12 +202,15 @@ impl<'r> Tensor<'r> {
     /// The raw buffers that, concatenated, hold the tensor's bytes.
     pub fn buffers(&self) -> impl Iterator<Item = BufferRef> + 'r {
         let (source, index) = (self.source, self.index);
-        (0..self.buffer_count as usize).filter_map(move |b| {
-            match source {
-                Source::Request(r) => r.input_buffer(index, b),
-                Source::Result(r) => r.output_buffer(index, b),
-            }
-            .into_option()
+        (0..self.buffer_count as usize).filter_map(move |b| match source {
+            Source::Request(r) => r.input_buffer(index, b).into_option(),
+            Source::Result(r) => r.output_buffer(index, b).into_option(),
+            Source::Bytes(data) => Some(BufferRef {
+                ptr: data.as_ptr(),
+                len: data.len(),
+                memory: Memory::CPU,
+                flags: 0,
+            }),
         })
     }
 

@@ -430,3 +430,315 @@ def test_python_repeat_example_streams(server):
     finally:
         client.stop_stream()
         client.close()
+
+
+# ------------------------------------------------------------------ BLS
+
+
+@pytest.fixture(scope="module")
+def blsserver(tmp_path_factory):
+    """``bls`` beside the models it calls: onnx_mlp (ONNX Runtime) and ``repeat`` (a decoupled
+    Python model)."""
+    repo = tmp_path_factory.mktemp("bls-repo")
+    for name in ("bls", "repeat"):
+        shutil.copytree(MODELS / name, repo / name)
+    shutil.copytree(REPO_ROOT / "model_repository" / "onnx_mlp", repo / "onnx_mlp")
+    srv = start_server(repo, ENV_CONFIG, log_dir=tmp_path_factory.mktemp("bls-logs"))
+    yield srv
+    srv.stop_and_check()
+
+
+FEATURES = np.random.default_rng(11).standard_normal((3, 16)).astype(np.float32)
+
+
+def bls(srv, protocol, mode):
+    client = client_for(srv, protocol)
+    try:
+        return client.infer(
+            "bls",
+            [
+                tensor(protocol, "INPUT0", FEATURES, "FP32"),
+                tensor(protocol, "MODE", np.array([mode.encode()], dtype=np.object_), "BYTES"),
+            ],
+        )
+    finally:
+        client.close()
+
+
+def mlp(srv, features):
+    with http(srv) as client:
+        return client.infer("onnx_mlp", [tensor("http", "INPUT0", features, "FP32")]).as_numpy(
+            "OUTPUT0"
+        )
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bls_exec_calls_an_onnx_model(blsserver, protocol):
+    result = bls(blsserver, protocol, "sync")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), mlp(blsserver, FEATURES))
+
+
+def test_bls_async_exec_runs_calls_together(blsserver):
+    result = bls(blsserver, "grpc", "async")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), mlp(blsserver, FEATURES))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), mlp(blsserver, -FEATURES))
+
+
+def test_bls_decoupled_exec_yields_every_response(blsserver):
+    assert bls(blsserver, "http", "decoupled").as_numpy("REPEATED").tolist() == [5, 6, 7]
+
+
+def test_bls_stopping_a_decoupled_call_cancels_it(blsserver):
+    assert bls(blsserver, "http", "stop").as_numpy("REPEATED").tolist() == [0]
+    logs = wait_for_log(blsserver, "cancelled after 1 responses")
+    assert "cancelled after 1 responses" in logs
+
+
+@pytest.mark.parametrize(
+    "mode, says", [("missing", "no_such_model"), ("raise", "WRONG")]
+)
+def test_bls_errors_come_back_as_error_responses(blsserver, mode, says):
+    message = bls(blsserver, "http", mode).as_numpy("ERROR")[0].decode()
+    assert says in message, message
+    # The server and the calling model keep serving.
+    assert bls(blsserver, "http", "sync").as_numpy("OUTPUT0").shape == (3, 4)
+
+
+def test_python_bls_example_classifies_through_onnx_mlp(http_client):
+    raw = np.random.default_rng(9).integers(0, 256, size=(2, 16), dtype=np.uint8)
+    result = http_client.infer("python_bls", [tensor("http", "RAW", raw, "UINT8")])
+    features = ((raw.astype(np.float32) / 255.0 - 0.5) / 0.25).astype(np.float32)
+    scores = http_client.infer(
+        "onnx_mlp", [tensor("http", "INPUT0", features, "FP32")]
+    ).as_numpy("OUTPUT0")
+    best = scores.argmax(axis=1)
+    assert result.as_numpy("CLASS").reshape(-1).tolist() == best.tolist()
+    np.testing.assert_allclose(
+        result.as_numpy("SCORE").reshape(-1), scores[np.arange(2), best], rtol=1e-6
+    )
+
+
+# ------------------------------------------------------------------ crashes, parallelism, reloads
+
+CRASHER = """
+import ctypes
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = int(pb_utils.get_input_tensor_by_name(request, "X").as_numpy()[0])
+            if x == 1:
+                os.abort()
+            if x == 2:
+                sys.exit(3)
+            if x == 3:
+                ctypes.string_at(0)
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([x], dtype=np.int32))])
+            )
+        return responses
+"""
+
+SCALAR_IO = """max_batch_size: 0
+input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+
+def ask(srv, model, x, protocol="http"):
+    client = client_for(srv, protocol)
+    try:
+        result = client.infer(model, [tensor(protocol, "X", np.array([x], dtype=np.int32), "INT32")])
+        return int(result.as_numpy("Y")[0])
+    finally:
+        client.close()
+
+
+def test_a_crashing_interpreter_fails_its_requests_then_the_model_is_unavailable(tmp_path):
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "crasher",
+        SCALAR_IO
+        + 'parameters { key: "ferrum.isolation.max_crashes" value: { string_value: "2" } }\n',
+        CRASHER,
+    )
+    shutil.copytree(MODELS / "add_sub", repo / "add_sub")
+    srv = start_server(repo, ENV_CONFIG, log_dir=tmp_path / "logs")
+    try:
+        # sys.exit inside execute is an exception like any other: the request fails with it
+        # and the interpreter carries on.
+        with pytest.raises(InferenceServerException) as info:
+            ask(srv, "crasher", 2)
+        assert "SystemExit: 3" in info.value.message(), info.value.message()
+        assert ask(srv, "crasher", 0) == 0
+        # os.abort kills the instance's interpreter: its request fails and it restarts.
+        with pytest.raises(InferenceServerException) as info:
+            ask(srv, "crasher", 1, "grpc")
+        assert "SIGABRT" in info.value.message() and "restarting" in info.value.message()
+        assert ask(srv, "crasher", 0) == 0
+        # A second crash in a row (a segfault this time) makes the model UNAVAILABLE.
+        for x in (1, 3):
+            with pytest.raises(InferenceServerException):
+                ask(srv, "crasher", x)
+        with pytest.raises(InferenceServerException) as info:
+            ask(srv, "crasher", 0)
+        assert info.value.status() == "503", info.value
+        assert "crashed 2 times in a row" in info.value.message(), info.value.message()
+        row = index_of(srv)["crasher"]
+        assert row["state"] == "UNAVAILABLE" and "SIGSEGV" in row["reason"], row
+        # Every other model, and the server, kept serving.
+        a = np.array([1, 2, 3, 4], dtype=np.float32)
+        with http(srv) as client:
+            result = client.infer(
+                "add_sub", [tensor("http", "INPUT0", a, "FP32"), tensor("http", "INPUT1", a, "FP32")]
+            )
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a * 2)
+            assert client.is_server_live()
+    finally:
+        srv.stop_and_check()
+
+
+PAIR = """
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.instance = args["model_instance_name"]
+        self.arrivals = Path(args["model_repository"]) / "arrivals"
+        self.arrivals.mkdir(exist_ok=True)
+
+    def execute(self, requests):
+        # A barrier for two: each execution says it arrived, then waits (bounded) for the
+        # other. Both see each other only if two instances execute at the same time.
+        (self.arrivals / self.instance).touch()
+        deadline = time.monotonic() + 20
+        while len(list(self.arrivals.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        together = len(list(self.arrivals.iterdir())) >= 2
+        return [
+            pb_utils.InferenceResponse(
+                [
+                    pb_utils.Tensor("Y", np.array([int(together)], dtype=np.int32)),
+                    pb_utils.Tensor("WHO", np.array([self.instance.encode()], dtype=np.object_)),
+                ]
+            )
+            for _ in requests
+        ]
+"""
+
+
+def test_two_instances_execute_at_the_same_time(tmp_path):
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "pair",
+        'max_batch_size: 0\n'
+        'input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+        'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+        '         { name: "WHO" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        "instance_group [ { count: 2 kind: KIND_CPU } ]\n",
+        PAIR,
+    )
+    srv = start_server(repo, ENV_CONFIG, log_dir=tmp_path / "logs")
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(_):
+            with http(srv) as client:
+                result = client.infer(
+                    "pair", [tensor("http", "X", np.array([0], dtype=np.int32), "INT32")]
+                )
+                return int(result.as_numpy("Y")[0]), result.as_numpy("WHO")[0]
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(one, range(2)))
+        assert [together for together, _ in answers] == [1, 1], answers
+        assert answers[0][1] != answers[1][1], answers
+        with http(srv) as client:
+            stats = client.get_inference_statistics("pair")["model_stats"][0]
+        # Two executions of one request each, each waiting for the other inside execute.
+        assert int(stats["execution_count"]) == 2, stats
+        assert int(stats["inference_count"]) == 2, stats
+        assert int(stats["inference_stats"]["compute_infer"]["count"]) == 2, stats
+    finally:
+        srv.stop_and_check()
+
+
+GENERATION = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+GENERATION = {generation}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("Y", np.array([GENERATION], dtype=np.int32))]
+            )
+            for _ in requests
+        ]
+"""
+
+
+def test_reloading_model_py_under_load_fails_no_request(tmp_path):
+    import threading
+
+    repo = tmp_path / "repo"
+    write_model(repo, "gen", SCALAR_IO, GENERATION.format(generation=0))
+    srv = start_server(
+        repo, ENV_CONFIG + ["--model-control-mode", "explicit", "--load-model", "gen"],
+        log_dir=tmp_path / "logs",
+    )
+    stop = threading.Event()
+    seen, failures = [], []
+
+    def load():
+        client = http(srv)
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                result = client.infer("gen", [tensor("http", "X", np.array([0], dtype=np.int32), "INT32")])
+                seen.append(int(result.as_numpy("Y")[0]))
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and asserted on
+                failures.append(str(exc))
+        client.close()
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with http(srv) as admin:
+            for generation in (1, 2, 3):
+                (repo / "gen" / "1" / "model.py").write_text(GENERATION.format(generation=generation))
+                admin.load_model("gen")
+                # The load returns once the new version serves.
+                deadline = time.monotonic() + TIMEOUT
+                while (not seen or seen[-1] != generation) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert seen and seen[-1] == generation, (generation, seen[-5:])
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(TIMEOUT)
+        srv.stop_and_check()
+    assert not failures, failures[:3]
+    assert set(seen) == {0, 1, 2, 3}, sorted(set(seen))

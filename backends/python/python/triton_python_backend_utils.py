@@ -11,9 +11,11 @@ the server's buffer. Copy it (``numpy.array(x)``) to change it in place or to ke
 the request has been answered.
 """
 
+import inspect
 import json
 import os
 import sys
+import threading
 import traceback
 
 import numpy as np
@@ -384,10 +386,19 @@ class InferenceRequest:
         flags=0,
         timeout=0,
         parameters=None,
+        model_version=-1,
         **kwargs,
     ):
+        if model_name is not None and not isinstance(model_name, str):
+            raise TritonModelException('"model_name" must be a str')
+        for tensor in inputs or []:
+            if not isinstance(tensor, Tensor):
+                raise TritonModelException(
+                    '"inputs" must hold pb_utils.Tensor objects, got ' + type(tensor).__name__
+                )
         self._handle = None
         self._model_name = model_name
+        self._model_version = int(model_version)
         self._inputs = list(inputs or [])
         self._request_id = request_id
         self._correlation_id = correlation_id
@@ -462,17 +473,120 @@ class InferenceRequest:
         """Request rescheduling is not supported by this backend."""
         raise TritonModelException("request rescheduling (set_release_flags) is not supported")
 
-    def exec(self, *args, **kwargs):
-        """Business logic scripting: not in this version of the backend yet."""
-        raise TritonModelException(
-            "InferenceRequest.exec (BLS) is not supported by this version of Ferrum's python backend"
+    def _start(self):
+        """Starts this request on its model through the server (BLS)."""
+        if self._handle is not None:
+            raise TritonModelException("a request the server sent cannot be executed again")
+        if not self._model_name:
+            raise TritonModelException("InferenceRequest needs a model_name to be executed")
+        parameters = dict(self._parameters)
+        if self._correlation_id:
+            parameters["sequence_id"] = self._correlation_id
+        if self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+            parameters["sequence_start"] = True
+        if self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
+            parameters["sequence_end"] = True
+        if self._timeout:
+            parameters["timeout"] = int(self._timeout)
+        inputs = [_wire(t) for t in self._inputs]
+        return _native.host_start(
+            self._model_name,
+            self._model_version,
+            inputs,
+            [str(n) for n in self._requested],
+            list(parameters.items()),
         )
 
-    async def async_exec(self, *args, **kwargs):
-        """Business logic scripting: not in this version of the backend yet."""
-        raise TritonModelException(
-            "InferenceRequest.async_exec (BLS) is not supported by this version of Ferrum's python backend"
+    def exec(self, decoupled=False):
+        """Runs this request on its model and waits (BLS). Returns the model's
+        InferenceResponse (with ``has_error()`` when it failed); with ``decoupled=True`` an
+        iterator over every response the model sends, as they arrive."""
+        try:
+            call = self._start()
+        except RuntimeError as e:
+            responses = iter([_error_response(e)])
+            return responses if decoupled else next(responses)
+        if decoupled:
+            return _ResponseIterator(call)
+        return _single(_ResponseIterator(call), self._model_name)
+
+    async def async_exec(self, decoupled=False):
+        """Like ``exec``, awaitable: start several and await them together
+        (``asyncio.gather``), and they run at the same time."""
+        import asyncio
+
+        try:
+            call = self._start()
+        except RuntimeError as e:
+            responses = iter([_error_response(e)])
+            return responses if decoupled else next(responses)
+        if decoupled:
+            return _ResponseIterator(call)
+        loop = asyncio.get_running_loop()
+        responses = await loop.run_in_executor(None, list, _ResponseIterator(call))
+        return _single(iter(responses), self._model_name)
+
+
+def _error_response(exc):
+    """An InferenceResponse carrying the error a BLS call raised."""
+    args = exc.args
+    if len(args) == 2 and isinstance(args[0], int):
+        return InferenceResponse(error=TritonError(args[1], args[0]))
+    return InferenceResponse(error=TritonError(str(exc)))
+
+
+def _single(responses, model_name):
+    """The one response of a non-decoupled BLS call."""
+    responses = list(responses)
+    if len(responses) == 1:
+        return responses[0]
+    if not responses:
+        return InferenceResponse(
+            error=TritonError(f"model '{model_name}' sent no response", TritonError.INTERNAL)
         )
+    return InferenceResponse(
+        error=TritonError(
+            f"model '{model_name}' sent {len(responses)} responses to one request; call "
+            "exec(decoupled=True) for a decoupled model",
+            TritonError.UNSUPPORTED,
+        )
+    )
+
+
+class _ResponseIterator:
+    """The responses of a BLS call, each as it arrives; stopping early cancels the call."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call):
+        self._call = call
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._call is None:
+            raise StopIteration
+        item = self._call.next()
+        if item is None:
+            self._call = None
+            raise StopIteration
+        outputs, error, parameters = item
+        if error is not None:
+            return InferenceResponse(error=TritonError(error[1], error[0]))
+        tensors = [Tensor._from_server(*t) for t in outputs]
+        return InferenceResponse(tensors, parameters=dict(parameters or []))
+
+    def cancel(self):
+        """Stops the call; the model sees the cancellation."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def __del__(self):
+        call = getattr(self, "_call", None)
+        if call is not None:
+            call.cancel()
 
 
 def get_input_tensor_by_name(inference_request, name):
@@ -747,12 +861,28 @@ def _send(handle, response, final):
     handle.send(outputs, None, parameters, final)
 
 
+_LOOPS = threading.local()
+
+
+def _event_loop():
+    """This thread's event loop, for models whose ``execute`` is ``async def``."""
+    import asyncio
+
+    loop = getattr(_LOOPS, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _LOOPS.loop = loop
+    return loop
+
+
 def _ferrum_execute(model, handles, decoupled, instance_name):
     """Runs one batch: builds the requests, calls ``model.execute``, and sends what it
     returned. An exception fails every request of the batch still open with its message."""
     requests = [InferenceRequest._from_server(h) for h in handles]
     try:
         returned = model.execute(requests)
+        if inspect.iscoroutine(returned):
+            returned = _event_loop().run_until_complete(returned)
     except BaseException as exc:
         message = (
             f"Failed to process the request(s) for model instance '{instance_name}', "

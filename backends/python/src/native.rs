@@ -8,12 +8,12 @@
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::os::raw::c_int;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ferrum_backend_api::{
-    BackendError, CorrelationId, DataType, ErrorCode, LogLevel, MemoryKind, ParamValue, Request,
-    Response, bytes,
+    BackendError, CorrelationId, DataType, ErrorCode, HostCall, LogLevel, MemoryKind, ParamValue,
+    Parameter, Request, Response, Tensor, bytes, host_start as host_start_call,
 };
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyTypeError, PyValueError};
@@ -387,6 +387,176 @@ impl InputBuffer {
     }
 }
 
+/// An input of an inference a model starts on another model (BLS), owned while the call
+/// borrows it.
+struct OwnedInput {
+    /// The input's name.
+    name: String,
+    /// Its data type.
+    datatype: DataType,
+    /// Its shape.
+    shape: Vec<i64>,
+    /// Its bytes (`BYTES` elements length-prefixed).
+    data: Vec<u8>,
+}
+
+/// An inference on another model that a Python model started (`_ferrum_python.HostCall`):
+/// `next()` waits for its next response, `cancel()` stops it.
+#[pyclass(name = "HostCall", module = "_ferrum_python", frozen)]
+pub struct PyHostCall {
+    /// The call, none once it ended. It borrows `inputs`: declared first, so dropped first.
+    call: Mutex<Option<HostCall<'static>>>,
+    /// The inputs the call borrows; their heap memory does not move while it runs.
+    _inputs: Box<[OwnedInput]>,
+}
+
+/// The bytes of one `(name, datatype code, shape, payload)` input given by pb_utils.
+fn owned_input(item: &Bound<'_, PyAny>) -> PyResult<OwnedInput> {
+    let (name, code, shape, payload): (String, u32, Vec<i64>, Bound<'_, PyAny>) = item.extract()?;
+    let datatype = DataType(code);
+    let data = if datatype == DataType::BYTES {
+        let list = payload
+            .cast::<PyList>()
+            .map_err(|_| PyTypeError::new_err(format!("BYTES input '{name}' must be a list")))?;
+        let mut items = Vec::with_capacity(list.len());
+        for element in list.iter() {
+            let element = element.cast_into::<PyBytes>().map_err(|_| {
+                PyTypeError::new_err(format!("an element of BYTES input '{name}' is not bytes"))
+            })?;
+            items.push(element.as_bytes().to_vec());
+        }
+        bytes::encode(&items)
+    } else {
+        let buffer = PyBuffer::<u8>::get(&payload)?;
+        buffer.to_vec(item.py())?
+    };
+    Ok(OwnedInput {
+        name,
+        datatype,
+        shape,
+        data,
+    })
+}
+
+/// Starts an inference on `model` (version -1: the latest) with `inputs` (as `send` takes
+/// outputs), the outputs named in `outputs` (empty: all) and `parameters` (a list of
+/// `(key, value)`), and returns the call at once. An error (no such model, bad inputs)
+/// raises `RuntimeError` with its code and message as arguments.
+#[pyfunction]
+#[pyo3(signature = (model, version, inputs, outputs, parameters))]
+fn host_start(
+    py: Python<'_>,
+    model: &str,
+    version: i64,
+    inputs: Bound<'_, PyList>,
+    outputs: Vec<String>,
+    parameters: Bound<'_, PyList>,
+) -> PyResult<PyHostCall> {
+    let owned = inputs
+        .iter()
+        .map(|item| owned_input(&item))
+        .collect::<PyResult<Vec<_>>>()?
+        .into_boxed_slice();
+    let mut params = Vec::with_capacity(parameters.len());
+    for item in parameters.iter() {
+        let (key, value): (String, Bound<'_, PyAny>) = item.extract()?;
+        params.push(Parameter {
+            key,
+            value: param_value(&value)?,
+        });
+    }
+    // SAFETY: the tensors borrow the names, shapes and bytes in `owned`, which live on the
+    // heap, never move and are dropped only after the call (field order of `PyHostCall`,
+    // and `Drop` of `HostCall` waits until the server let go of them).
+    let borrowed: &'static [OwnedInput] =
+        unsafe { std::slice::from_raw_parts(owned.as_ptr(), owned.len()) };
+    let tensors: Vec<Tensor<'static>> = borrowed
+        .iter()
+        .map(|i| Tensor::from_bytes(&i.name, i.datatype, &i.shape, &i.data))
+        .collect();
+    let requested: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let model = model.to_string();
+    let started = py.detach(|| host_start_call(&model, version, &tensors, &requested, &params));
+    match started {
+        Ok(call) => Ok(PyHostCall {
+            call: Mutex::new(Some(call)),
+            _inputs: owned,
+        }),
+        Err(e) => Err(PyRuntimeError::new_err((e.code.0, e.message.to_string()))),
+    }
+}
+
+#[pymethods]
+impl PyHostCall {
+    /// Waits for the next response: `None` after the last, else `(outputs, error,
+    /// parameters)` where outputs is a list of `(name, datatype code, shape, data)` (data:
+    /// `bytes`, or a list of `bytes` for `BYTES`), error `(code, message)` or `None`, and
+    /// parameters a list of `(key, value)`.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let next = py.detach(|| {
+            let mut call = self.call.lock().unwrap_or_else(|e| e.into_inner());
+            let item = call.as_mut()?.next();
+            if item.is_none() {
+                *call = None;
+            }
+            item
+        });
+        let Some(item) = next else {
+            return Ok(None);
+        };
+        let result = match item {
+            Ok(result) => result,
+            Err(e) => {
+                let error = (e.code.0, e.message.to_string());
+                return Ok(Some(
+                    (py.None(), error, py.None()).into_pyobject(py)?.into_any(),
+                ));
+            }
+        };
+        let outputs = PyList::empty(py);
+        for tensor in result.outputs() {
+            if tensor.memory().kind == MemoryKind::GPU {
+                return Err(PyValueError::new_err(format!(
+                    "output '{}' is in GPU memory; the python backend takes CPU tensors",
+                    tensor.name
+                )));
+            }
+            let raw = tensor.data();
+            let data = if tensor.datatype == DataType::BYTES {
+                let items = bytes::decode(&raw).map_err(runtime_error)?;
+                PyList::new(py, items.into_iter().map(|b| PyBytes::new(py, b)))?.into_any()
+            } else {
+                PyBytes::new(py, &raw).into_any()
+            };
+            outputs.append((tensor.name, tensor.datatype.0, tensor.shape.to_vec(), data))?;
+        }
+        let parameters = PyList::empty(py);
+        for p in result.parameters() {
+            let value = match p.value {
+                ParamValue::Bool(b) => PyBool::new(py, b).to_owned().into_any(),
+                ParamValue::Int(i) => i.into_pyobject(py)?.into_any(),
+                ParamValue::Double(d) => PyFloat::new(py, d).into_any(),
+                ParamValue::Str(s) => PyString::new(py, &s).into_any(),
+                _ => continue,
+            };
+            parameters.append((p.key, value))?;
+        }
+        Ok(Some(
+            (outputs, py.None(), parameters)
+                .into_pyobject(py)?
+                .into_any(),
+        ))
+    }
+
+    /// Cancels the call (if it still runs) and waits until the server let go of its inputs.
+    fn cancel(&self, py: Python<'_>) {
+        py.detach(|| {
+            let taken = self.call.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(taken);
+        });
+    }
+}
+
 /// Writes a line to the server's log (level: 0 error, 1 warning, 2 info, 3 verbose).
 #[pyfunction]
 fn log(py: Python<'_>, level: u32, message: &str) {
@@ -399,7 +569,9 @@ pub fn register(py: Python<'_>) -> PyResult<()> {
     let module = PyModule::new(py, MODULE)?;
     module.add_class::<PyRequest>()?;
     module.add_class::<InputBuffer>()?;
+    module.add_class::<PyHostCall>()?;
     module.add_function(wrap_pyfunction!(log, &module)?)?;
+    module.add_function(wrap_pyfunction!(host_start, &module)?)?;
     py.import("sys")?
         .getattr("modules")?
         .set_item(MODULE, module)?;
