@@ -8,7 +8,8 @@ ferrum-perf, the native load generator (tools/perf), until its measurement windo
 Then a soak: `simple` over HTTP at concurrency 64 for --soak-seconds, with the server's
 resident memory sampled throughout, to show that memory stays flat. Floors, measured in the same run: the server's own no-op
 request (`GET /v2/health/ready`, gRPC ServerReady) at the same protocol and concurrency, and
-the network run in-process by the runtime's own Python API at batch 1 and batch 32. The
+the network run in-process by the runtime's own Python API at batch 1 and batch 32, and the
+Rust identity backend for the Python identity model. The
 Markdown table gives every rate as a ratio to its floor, so it reads the same on any machine.
 Traffic stays on 127.0.0.1; every loop is bounded.
 """
@@ -76,6 +77,41 @@ def prepare_repository(source: Path, target: Path) -> list:
     return models
 
 
+# The python backend (docs/backends/python.md): an identity model in Python beside the Rust
+# identity backend, in an isolated child process (the default) and in the server's own
+# interpreter.
+PYTHON_IDENTITY = '''import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())]
+            )
+            for r in requests
+        ]
+'''
+PYTHON_MODELS = {"python_identity": "process", "python_identity_inproc": "none"}
+# The identity models' request: FP32 [1, 16].
+IDENTITY_SHAPE = ("--shape", "INPUT0:16")
+
+
+def prepare_python_models(source: Path, target: Path) -> list:
+    """Adds simple_identity (Rust) and its Python twins; returns the names added."""
+    if not (source / "simple_identity").is_dir():
+        return []
+    shutil.copytree(source / "simple_identity", target / "simple_identity")
+    config = (source / "simple_identity" / "config.pbtxt").read_text()
+    for name, isolation in PYTHON_MODELS.items():
+        (target / name / "1").mkdir(parents=True)
+        (target / name / "1" / "model.py").write_text(PYTHON_IDENTITY)
+        text = config.replace('"simple_identity"', f'"{name}"').replace('"identity"', '"python"')
+        text += f'parameters {{ key: "ferrum.isolation" value: {{ string_value: "{isolation}" }} }}\n'
+        (target / name / "config.pbtxt").write_text(text)
+    return ["simple_identity", *PYTHON_MODELS]
+
+
 def start_server(binary, repository, backend_dir):
     ports = {name: free_port() for name in ("http", "grpc", "metrics")}
     log = tempfile.NamedTemporaryFile(prefix="ferrum-bench-", suffix=".log", delete=False)
@@ -114,10 +150,11 @@ def run_perf(cmd, seconds):
         os.unlink(out.name)
 
 
-def perf_point(perf, protocol, url, model, concurrency, seconds):
+def perf_point(perf, protocol, url, model, concurrency, seconds, extra=()):
     """One ferrum-perf measurement: (inferences/s, p50 µs, p99 µs). `model` None: the no-op."""
     cmd = [perf, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency)]
     cmd += ["--health"] if model is None else ["-m", model]
+    cmd += list(extra)
     point = run_perf(cmd, seconds)
     if point["errors"]:
         raise RuntimeError(f"{protocol} {model} c={concurrency}: {point['errors']} errors")
@@ -233,10 +270,13 @@ def main():
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--soak-seconds", type=float, default=120.0,
                         help="length of the memory soak at concurrency 64 (0: skip it)")
+    parser.add_argument("--python-only", action="store_true",
+                        help="measure only the python backend's identity models")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferrum-bench-repo-"))
-    models = prepare_repository(Path(args.repository), work)
+    models = [] if args.python_only else prepare_repository(Path(args.repository), work)
+    python_models = prepare_python_models(Path(args.repository), work)
     proc, ports, log = start_server(args.server, work, args.backend_directory)
     levels = [int(c) for c in args.concurrency.split(",")]
     protocols = args.protocols.split(",")
@@ -253,14 +293,15 @@ def main():
                 raw[name] = (raw_throughput(runtime, path, args.seconds, 1),
                              raw_throughput(runtime, path, args.seconds, 32))
         floor = {}
-        for protocol in protocols:
+        for protocol in [] if args.python_only else protocols:
             url = f"127.0.0.1:{ports[protocol]}"
             for c in levels:
                 floor[(protocol, c)] = perf_point(args.perf, protocol, url, None, c, args.seconds)
-        print("| model | batching | protocol | conc. | infer/s | p50 µs | p99 µs | / no-op rate "
-              "| p50 − no-op p50 µs | p99 / p50 | / raw b1 | / raw b32 |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for protocol in protocols:
+        if models:
+            print("| model | batching | protocol | conc. | infer/s | p50 µs | p99 µs | / no-op rate "
+                  "| p50 − no-op p50 µs | p99 / p50 | / raw b1 | / raw b32 |")
+            print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for protocol in [] if args.python_only else protocols:
             for c in levels:
                 rps, p50, p99 = floor[(protocol, c)]
                 print(f"| (no-op) | | {protocol} | {c} | {rps:.0f} | {p50:.0f} | {p99:.0f} "
@@ -296,6 +337,24 @@ def main():
                         print(f"| {name} | {protocol} | {c} | {base[0]:.0f} | {iso[0]:.0f} "
                               f"| {iso[0] / base[0]:.2f} | {base[1]:.0f} | {iso[1]:.0f} "
                               f"| {iso[1] - base[1]:.0f} |", flush=True)
+        if python_models:
+            print("\nThe python backend (docs/backends/python.md): an identity model in Python "
+                  "against the Rust identity backend, latency at concurrency 1 and throughput at 8:\n")
+            print("| model | protocol | conc. | infer/s | / Rust rate | p50 µs | added p50 µs |")
+            print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+            for protocol in protocols:
+                url = f"127.0.0.1:{ports[protocol]}"
+                for c in (1, 8):
+                    base = perf_point(args.perf, protocol, url, "simple_identity", c, args.seconds,
+                                      IDENTITY_SHAPE)
+                    print(f"| simple_identity (Rust) | {protocol} | {c} | {base[0]:.0f} | 1.00 "
+                          f"| {base[1]:.0f} | 0 |", flush=True)
+                    for name, isolation in PYTHON_MODELS.items():
+                        py = perf_point(args.perf, protocol, url, name, c, args.seconds,
+                                        IDENTITY_SHAPE)
+                        print(f"| {name} (isolation {isolation}) | {protocol} | {c} | {py[0]:.0f} "
+                              f"| {py[0] / base[0]:.2f} | {py[1]:.0f} | {py[1] - base[1]:.0f} |",
+                              flush=True)
         print()
         for name, ((b1, problem), (b32, _)) in raw.items():
             runtime = MLPS[name][0]
@@ -304,7 +363,8 @@ def main():
         # The server finds its backends beside its binary (dist/backends); the in-process
         # core inside ferrum-perf is told where they are.
         backends = args.backend_directory or str(Path(args.server).resolve().parent.parent / "backends")
-        pipeline = pipeline_overhead(args.perf, Path(args.repository), backends, args.seconds)
+        pipeline = None if args.python_only else pipeline_overhead(
+            args.perf, Path(args.repository), backends, args.seconds)
         if pipeline:
             print("\nThe example pipeline in-process (ferrum-perf -i in-process, concurrency 1):\n")
             print("| model | infer/s | / steps in turn |")
