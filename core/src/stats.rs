@@ -272,10 +272,16 @@ impl ModelStats {
         })
     }
 
-    /// Records a backend execution of `rows` batch rows.
-    pub fn record_execution(&self, rows: u64, times: ComputeTimes) {
+    /// Counts a backend execution of `rows` batch rows as it starts, so that the counts
+    /// already hold it when its responses reach the client.
+    pub fn count_execution(&self, rows: u64) {
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         self.inference_count.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Records how long a backend execution of `rows` batch rows took (counted before with
+    /// [`ModelStats::count_execution`]).
+    pub fn record_execution(&self, rows: u64, times: ComputeTimes) {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let mut batches = self.batches.lock();
         let tally = batches.entry(rows).or_default();
@@ -388,6 +394,7 @@ mod tests {
         let registry = StatsRegistry::default();
         let stats = registry.model("m", 3);
         let ms = Duration::from_millis;
+        stats.count_execution(2);
         stats.record_execution(
             2,
             ComputeTimes {

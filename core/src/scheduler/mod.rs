@@ -293,6 +293,7 @@ fn execute(instance: &mut InstanceBox, batch: Vec<Work>, shared: &InstanceShared
     if handles.is_empty() {
         return;
     }
+    shared.stats.count_execution(rows as u64);
     let input_done = Instant::now();
     let result = {
         // Host inferences started from this execute must not target this model.
