@@ -362,11 +362,32 @@ async fn serve_stream(
     tx: StreamSender,
 ) {
     let mut running = tokio::task::JoinSet::new();
+    // Per open sequence: fires once the responses of its latest request were all sent.
+    let mut sequences: HashMap<String, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
     loop {
         tokio::select! {
             message = incoming.message() => match message {
                 Ok(Some(message)) => {
-                    running.spawn(stream_one(Arc::clone(&core), message, tx.clone()));
+                    let sequence = sequence_of(&message);
+                    // Queued here, in the order the client sent them (the requests of a
+                    // sequence must reach its batcher in order); answered concurrently,
+                    // except that a sequence's responses go out in its requests' order.
+                    match start_one(&core, message) {
+                        Ok(started) => {
+                            let (done, turn) = tokio::sync::oneshot::channel();
+                            let before = match sequence {
+                                Some((key, false)) => sequences.insert(key, turn),
+                                Some((key, true)) => sequences.remove(&key),
+                                None => None,
+                            };
+                            running.spawn(stream_one(started, tx.clone(), before, done));
+                        }
+                        Err(reply) => {
+                            if tx.send(Ok(*reply)).await.is_err() {
+                                return running.abort_all();
+                            }
+                        }
+                    }
                 }
                 Ok(None) => break,
                 // The client cancelled the call (or the connection broke).
@@ -384,6 +405,31 @@ async fn serve_stream(
     }
 }
 
+/// The sequence a stream request belongs to (model and correlation id), and whether it ends
+/// it.
+fn sequence_of(message: &ModelInferRequest) -> Option<(String, bool)> {
+    let id = match message
+        .parameters
+        .get("sequence_id")?
+        .parameter_choice
+        .as_ref()?
+    {
+        ParameterChoice::Int64Param(0) | ParameterChoice::Uint64Param(0) => return None,
+        ParameterChoice::Int64Param(i) => i.to_string(),
+        ParameterChoice::Uint64Param(u) => u.to_string(),
+        ParameterChoice::StringParam(s) if !s.is_empty() => format!("s:{s}"),
+        _ => return None,
+    };
+    let end = matches!(
+        message
+            .parameters
+            .get("sequence_end")
+            .and_then(|p| p.parameter_choice.as_ref()),
+        Some(ParameterChoice::BoolParam(true))
+    );
+    Some((format!("{}\0{id}", message.model_name), end))
+}
+
 /// A stream reply carrying an error.
 fn stream_error(error: &Error) -> ModelStreamInferResponse {
     ModelStreamInferResponse {
@@ -392,10 +438,12 @@ fn stream_error(error: &Error) -> ModelStreamInferResponse {
     }
 }
 
-/// Runs one request of a stream and sends its responses, each marked with
-/// `triton_final_response`. The final flag alone is sent as an empty response only when the
-/// request asked for it with `triton_enable_empty_final_response`.
-async fn stream_one(core: Arc<Core>, message: ModelInferRequest, tx: StreamSender) {
+/// Queues one request of a stream; an error comes back as the reply to send.
+fn start_one(
+    core: &Core,
+    message: ModelInferRequest,
+) -> Result<(ferrum_core::server::ResponseStream, bool, [String; 3]), Box<ModelStreamInferResponse>>
+{
     let empty_final = matches!(
         message
             .parameters
@@ -408,14 +456,30 @@ async fn stream_one(core: Arc<Core>, message: ModelInferRequest, tx: StreamSende
         message.model_version.clone(),
         message.id.clone(),
     );
-    let started = decode_request(&core.shm, message).and_then(|r| core.infer_stream(r));
-    let mut stream = match started {
-        Ok(stream) => stream,
-        Err(e) => {
-            let _ = tx.send(Ok(stream_error(&e))).await;
-            return;
-        }
-    };
+    let stream = decode_request(&core.shm, message)
+        .and_then(|r| core.infer_stream(r))
+        .map_err(|e| Box::new(stream_error(&e)))?;
+    Ok((stream, empty_final, [model_name, model_version, id]))
+}
+
+/// Sends the responses of one queued request of a stream, each marked with
+/// `triton_final_response`. The final flag alone is sent as an empty response only when the
+/// request asked for it with `triton_enable_empty_final_response`.
+async fn stream_one(
+    (mut stream, empty_final, [model_name, model_version, id]): (
+        ferrum_core::server::ResponseStream,
+        bool,
+        [String; 3],
+    ),
+    tx: StreamSender,
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    _done: tokio::sync::oneshot::Sender<()>,
+) {
+    // The previous request of the same sequence sends all its responses first (`_done`
+    // fires when this one returns, sent or not).
+    if let Some(before) = before {
+        let _ = before.await;
+    }
     let final_flag = |is_final: bool| InferParameter {
         parameter_choice: Some(ParameterChoice::BoolParam(is_final)),
     };
