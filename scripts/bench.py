@@ -98,18 +98,18 @@ IDENTITY_SHAPE = ("--shape", "INPUT0:16")
 
 
 def prepare_python_models(source: Path, target: Path) -> list:
-    """Adds simple_identity (Rust) and its Python twins; returns the names added."""
-    if not (source / "simple_identity").is_dir():
+    """Adds identity_fp32 (Rust) and its Python twins; returns the names added."""
+    if not (source / "identity_fp32").is_dir():
         return []
-    shutil.copytree(source / "simple_identity", target / "simple_identity")
-    config = (source / "simple_identity" / "config.pbtxt").read_text()
+    shutil.copytree(source / "identity_fp32", target / "identity_fp32")
+    config = (source / "identity_fp32" / "config.pbtxt").read_text()
     for name, isolation in PYTHON_MODELS.items():
         (target / name / "1").mkdir(parents=True)
         (target / name / "1" / "model.py").write_text(PYTHON_IDENTITY)
-        text = config.replace('"simple_identity"', f'"{name}"').replace('"identity"', '"python"')
+        text = config.replace('"identity_fp32"', f'"{name}"').replace('"identity"', '"python"')
         text += f'parameters {{ key: "ferrum.isolation" value: {{ string_value: "{isolation}" }} }}\n'
         (target / name / "config.pbtxt").write_text(text)
-    return ["simple_identity", *PYTHON_MODELS]
+    return ["identity_fp32", *PYTHON_MODELS]
 
 
 def start_server(binary, repository, backend_dir):
@@ -345,9 +345,9 @@ def main():
             for protocol in protocols:
                 url = f"127.0.0.1:{ports[protocol]}"
                 for c in (1, 8):
-                    base = perf_point(args.perf, protocol, url, "simple_identity", c, args.seconds,
+                    base = perf_point(args.perf, protocol, url, "identity_fp32", c, args.seconds,
                                       IDENTITY_SHAPE)
-                    print(f"| simple_identity (Rust) | {protocol} | {c} | {base[0]:.0f} | 1.00 "
+                    print(f"| identity_fp32 (Rust) | {protocol} | {c} | {base[0]:.0f} | 1.00 "
                           f"| {base[1]:.0f} | 0 |", flush=True)
                     for name, isolation in PYTHON_MODELS.items():
                         py = perf_point(args.perf, protocol, url, name, c, args.seconds,

@@ -29,12 +29,12 @@ MODELS = {
             {"name": "OUTPUT1", "datatype": "INT32", "shape": [-1, SIMPLE_DIM]},
         ],
     },
-    "simple_identity": {
+    "identity_fp32": {
         "backend": "identity",
         "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, -1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [-1, -1]}],
     },
-    "simple_string": {
+    "simple_identity": {
         "backend": "identity",
         "inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [-1, -1]}],
         "outputs": [{"name": "OUTPUT0", "datatype": "BYTES", "shape": [-1, -1]}],

@@ -121,10 +121,10 @@ CASES = [
          400, "INVALID_ARGUMENT", ("OUTPUT9",), outputs=["OUTPUT0", "OUTPUT9"]),
     Case("identity-wrong-dtype",
          lambda: [("INPUT0", _i32(1, 4), None)],
-         400, "INVALID_ARGUMENT", ("INPUT0",), model="simple_identity"),
+         400, "INVALID_ARGUMENT", ("INPUT0",), model="identity_fp32"),
     Case("string-wrong-dtype",
          lambda: [("INPUT0", np.zeros((1, 4), np.float32), None)],
-         400, "INVALID_ARGUMENT", ("INPUT0",), model="simple_string"),
+         400, "INVALID_ARGUMENT", ("INPUT0",), model="simple_identity"),
 ]
 
 
@@ -373,13 +373,13 @@ def test_http_bytes_framing_errors(server, http_client, shape, blob):
     head, body = _binary_body(
         [_bin_input("INPUT0", shape, len(blob), datatype="BYTES")], [blob]
     )
-    _assert_400(_post_raw(server, body, len(head), model="simple_string"), "INPUT0")
+    _assert_400(_post_raw(server, body, len(head), model="simple_identity"), "INPUT0")
     assert_still_serving(server, http_client)
 
 
 def test_http_bytes_json_not_strings(server, http_client):
     body = json.dumps({"inputs": [_json_input("INPUT0", [1, 2], [1, 2], datatype="BYTES")]}).encode()
-    _assert_400(_post_raw(server, body, model="simple_string"), "INPUT0")
+    _assert_400(_post_raw(server, body, model="simple_identity"), "INPUT0")
     assert_still_serving(server, http_client)
 
 
@@ -484,6 +484,6 @@ def test_grpc_empty_model_name(server, raw_stub):
     pytest.param([1, 2], _bytes_blob(b"a") + b"\x01\x00", id="truncated-length-prefix"),
 ])
 def test_grpc_bytes_framing_errors(server, raw_stub, shape, blob):
-    req = _grpc_request(model="simple_string", tensors=[("INPUT0", "BYTES", shape)], raws=[blob])
+    req = _grpc_request(model="simple_identity", tensors=[("INPUT0", "BYTES", shape)], raws=[blob])
     _expect_rpc_error(raw_stub, req, grpc.StatusCode.INVALID_ARGUMENT, "INPUT0")
     assert_still_serving(server)

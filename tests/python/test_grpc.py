@@ -217,7 +217,7 @@ def _string_infer(client, arr: np.ndarray):
     inp = grpcclient.InferInput("INPUT0", list(arr.shape), "BYTES")
     inp.set_data_from_numpy(arr)
     return client.infer(
-        "simple_string", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")],
+        "simple_identity", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")],
         client_timeout=TIMEOUT,
     )
 
@@ -251,7 +251,7 @@ def _identity_infer(client, arr: np.ndarray):
     inp = grpcclient.InferInput("INPUT0", list(arr.shape), "FP32")
     inp.set_data_from_numpy(arr)
     return client.infer(
-        "simple_identity", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")],
+        "identity_fp32", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")],
         client_timeout=TIMEOUT,
     )
 

@@ -112,7 +112,7 @@ def test_bytes_length_prefix_past_the_end(server):
         {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 1], "parameters": {"binary_data_size": len(blob)}}]}
     ).encode()
     response = post(server, header + blob, {"Inference-Header-Content-Length": str(len(header))},
-                    path="/v2/models/simple_string/infer")
+                    path="/v2/models/simple_identity/infer")
     assert response.status_code == 400
     assert "BYTES element claims" in response.json()["error"]
 

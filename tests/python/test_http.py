@@ -291,7 +291,7 @@ def _string_infer(client, arr: np.ndarray, binary_in: bool, binary_out: bool):
     inp = httpclient.InferInput("INPUT0", list(arr.shape), "BYTES")
     inp.set_data_from_numpy(arr, binary_data=binary_in)
     out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary_out)
-    return client.infer("simple_string", [inp], outputs=[out])
+    return client.infer("simple_identity", [inp], outputs=[out])
 
 
 @pytest.mark.parametrize(
@@ -342,7 +342,7 @@ def test_string_raw_binary_framing(server):
         "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
     }).encode()
     resp = requests.post(
-        f"{server.http_base}/v2/models/simple_string/infer",
+        f"{server.http_base}/v2/models/simple_identity/infer",
         data=head + blob,
         headers={"Inference-Header-Content-Length": str(len(head))},
         timeout=RAW_TIMEOUT,
@@ -360,7 +360,7 @@ def _identity_infer(client, arr: np.ndarray, binary: bool):
     inp = httpclient.InferInput("INPUT0", list(arr.shape), "FP32")
     inp.set_data_from_numpy(arr, binary_data=binary)
     out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
-    return client.infer("simple_identity", [inp], outputs=[out])
+    return client.infer("identity_fp32", [inp], outputs=[out])
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])

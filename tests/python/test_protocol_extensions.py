@@ -107,7 +107,7 @@ def test_cuda_shared_memory_is_refused_cleanly(server):
 
 @pytest.fixture
 def labelled_repo(model_repository_copy):
-    model = model_repository_copy / "simple_identity"
+    model = model_repository_copy / "identity_fp32"
     (model / "labels.txt").write_text("zero\none\ntwo\nthree\n")
     config = (model / "config.pbtxt").read_text()
     config = config.replace('output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]',
@@ -127,7 +127,7 @@ def test_classification_top_k(server_factory, labelled_repo, protocol):
         inp = module.InferInput("INPUT0", list(values.shape), "FP32")
         inp.set_data_from_numpy(values)
         out = module.InferRequestedOutput("OUTPUT0", class_count=2)
-        result = client.infer("simple_identity", [inp], outputs=[out]).as_numpy("OUTPUT0")
+        result = client.infer("identity_fp32", [inp], outputs=[out]).as_numpy("OUTPUT0")
         got = [[v.decode() for v in row] for row in result]
         assert got == [["0.700000:1:one", "0.150000:3:three"], ["0.900000:0:zero", "0.300000:2:two"]]
     finally:

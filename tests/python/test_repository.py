@@ -52,21 +52,21 @@ def test_explicit_mode_loads_only_what_is_named(explicit_server):
     with httpclient.InferenceServerClient(explicit_server.http_url) as client:
         states = index_states(client)
         assert states["simple"][0] == "READY"
-        assert states["simple_identity"] == ("UNAVAILABLE", "not loaded")
+        assert states["identity_fp32"] == ("UNAVAILABLE", "not loaded")
         assert client.is_model_ready("simple")
-        assert not client.is_model_ready("simple_identity")
+        assert not client.is_model_ready("identity_fp32")
 
 
 def test_load_and_unload_over_http(explicit_server):
     values = np.array([1.5, -2.25, 3.0], dtype=np.float32)
     with httpclient.InferenceServerClient(explicit_server.http_url) as client:
-        client.load_model("simple_identity")
-        assert client.is_model_ready("simple_identity")
-        np.testing.assert_array_equal(identity_infer_http(client, "simple_identity", values), values.reshape(1, -1))
+        client.load_model("identity_fp32")
+        assert client.is_model_ready("identity_fp32")
+        np.testing.assert_array_equal(identity_infer_http(client, "identity_fp32", values), values.reshape(1, -1))
 
-        client.unload_model("simple_identity")
-        assert not client.is_model_ready("simple_identity")
-        expect_http_error(lambda: identity_infer_http(client, "simple_identity", values), 503, "unloaded")
+        client.unload_model("identity_fp32")
+        assert not client.is_model_ready("identity_fp32")
+        expect_http_error(lambda: identity_infer_http(client, "identity_fp32", values), 503, "unloaded")
         # Unloading one model leaves the others serving.
         in0, in1 = simple_data()
         assert_simple_result(http_simple_infer(client, in0, in1), in0, in1)
