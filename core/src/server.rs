@@ -532,12 +532,27 @@ impl Core {
         name: String,
         parameters: Vec<(String, RepositoryParameter)>,
     ) -> Result<()> {
-        let over = crate::models::LoadOverride::from_parameters(parameters)?;
+        // Every load error says "failed to load" and the model's name, as Triton's do
+        // (clients, Triton's examples among them, look for it).
+        let failed = |name: &str, e: Error| {
+            if e.message.contains("failed to load") {
+                e
+            } else {
+                Error {
+                    kind: e.kind,
+                    message: format!("failed to load '{name}': {}", e.message),
+                }
+            }
+        };
+        let over = crate::models::LoadOverride::from_parameters(parameters)
+            .map_err(|e| failed(&name, e))?;
         self.check_explicit()?;
         let models = Arc::clone(&self.models);
-        tokio::task::spawn_blocking(move || models.load(&name, over))
+        let task_name = name.clone();
+        tokio::task::spawn_blocking(move || models.load(&task_name, over))
             .await
             .map_err(|e| Error::internal(format!("model load was interrupted: {e}")))?
+            .map_err(|e| failed(&name, e))
     }
 
     /// Unloads a model (repository extension); in-flight requests finish first.

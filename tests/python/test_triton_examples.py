@@ -14,14 +14,16 @@ example clients and which run is in docs/quickstart.md.
 from __future__ import annotations
 
 import queue
+import shutil
 import uuid
-from functools import partial
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
+
+from ferrum_harness import REPO_ROOT, start_server
 
 TIMEOUT = 60
 PROTOCOLS = ["http", "grpc"]
@@ -260,3 +262,49 @@ def test_repeat_int32_streams_one_response_per_element(server):
         client.stop_stream()
         client.close()
     assert outputs == [(offset + i, i) for i in range(count)]
+
+
+# ------------------------------------------------------------------ model control
+
+EXAMPLE_MODELS = [
+    "simple", "simple_identity", "simple_int8", "simple_string", "simple_sequence",
+    "simple_dyna_sequence", "simple_string_dyna_sequence",
+]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_model_control_as_the_examples_do_it(tmp_path, protocol):
+    """The model-control examples' flow, on a repository of Triton's example models in
+    explicit mode: a malformed override config and an unknown model fail with "failed to
+    load"; an override config without a backend keeps the model's own backend; an oversized
+    file name is refused and the server stays up."""
+    repo = tmp_path / "repo"
+    for name in EXAMPLE_MODELS:
+        shutil.copytree(REPO_ROOT / "model_repository" / name, repo / name)
+    srv = start_server(repo, ["--model-control-mode", "explicit"], log_dir=tmp_path / "logs")
+    try:
+        with client_for(srv, protocol) as client:
+            index = client.get_model_repository_index()
+            count = len(index) if protocol == "http" else len(index.models)
+            assert count == len(EXAMPLE_MODELS)
+            client.load_model("simple")
+            assert client.is_model_ready("simple")
+            with pytest.raises(InferenceServerException) as info:
+                client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+            assert "failed to load 'simple'" in info.value.message(), info.value.message()
+            client.load_model("simple", config='{"max_batch_size":"16"}')
+            config = client.get_model_config("simple")
+            batch = config["max_batch_size"] if protocol == "http" else config.config.max_batch_size
+            assert batch == 16
+            client.unload_model("simple")
+            assert not client.is_model_ready("simple")
+            with pytest.raises(InferenceServerException) as info:
+                client.load_model("simple", config="{}", files={"file:" + "A" * 256: b"a"})
+            assert "failed to poll from model repository" in info.value.message()
+            assert info.value.status() in ("500", "StatusCode.INTERNAL")
+            assert client.is_server_live()
+            with pytest.raises(InferenceServerException) as info:
+                client.load_model("wrong_model_name")
+            assert "failed to load 'wrong_model_name'" in info.value.message()
+    finally:
+        srv.stop_and_check()

@@ -192,11 +192,15 @@ impl ModelManager {
                 let target = dir.join(safe_relative_path(path)?);
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| {
-                        Error::internal(format!("cannot write uploaded file '{path}': {e}"))
+                        Error::internal(format!(
+                        "failed to poll from model repository: cannot write uploaded file '{path}': {e}"
+                    ))
                     })?;
                 }
                 std::fs::write(&target, contents).map_err(|e| {
-                    Error::internal(format!("cannot write uploaded file '{path}': {e}"))
+                    Error::internal(format!(
+                        "failed to poll from model repository: cannot write uploaded file '{path}': {e}"
+                    ))
                 })?;
             }
             return self.load_dir(name, &dir, Some(config), Some(Arc::new(temp)));
@@ -548,6 +552,15 @@ impl ModelManager {
     ) -> Result<Prepared> {
         let folders = repository::version_folders(dir)?;
         let from_file = match config_override {
+            // An override that names no backend or platform keeps the one the model's own
+            // config names (as the model files would tell Triton which backend it is).
+            Some(mut config) if config.backend.is_empty() && config.platform.is_empty() => {
+                if let Ok(Some(own)) = repository::read_config(dir) {
+                    config.backend = own.backend;
+                    config.platform = own.platform;
+                }
+                Some(config)
+            }
             Some(config) => Some(config),
             None => repository::read_config(dir)?,
         };
