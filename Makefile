@@ -62,10 +62,12 @@ lint: libtorch
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: throughput and latency of the example models over HTTP and gRPC (release build)
+## bench: throughput and latency of the example models over HTTP and gRPC, and the tree
+## backend against XGBoost in-process (release build)
 bench: build
 	scripts/setup-python.sh
 	.venv/bin/python scripts/bench.py --server dist/bin/ferrum --repository model_repository
+	.venv/bin/python scripts/bench_fil.py --server dist/bin/ferrum
 
 ## soak: SOAK_MINUTES (default 10) at concurrency 64 over HTTP and gRPC across the example
 ## models, reloading every 30 s, with an isolated model that crashes and restarts
