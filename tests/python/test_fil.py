@@ -3,9 +3,12 @@
 Models are trained at test time with the real libraries (fixed seeds, in a temporary folder):
 XGBoost binary, multi-class and regression models (JSON, one also as UBJSON, one with a
 categorical feature), LightGBM binary, multi-class and regression models (NaNs in the data,
-a categorical feature, zero-as-missing). Every prediction is compared with the library's own
-(1e-5) and every ``treeshap_output`` with ``pred_contribs`` / ``pred_contrib`` (1e-4), over
-HTTP and gRPC. Damaged model files leave the model UNAVAILABLE with a reason naming the file;
+a categorical feature, zero-as-missing), and scikit-learn RandomForest / ExtraTrees /
+GradientBoosting models exported as Treelite checkpoints (plus one float32 model made with
+Treelite's model builder, checked against Treelite's GTIL). Every prediction is compared with
+the library's own (1e-5) and every ``treeshap_output`` with ``pred_contribs`` /
+``pred_contrib`` (1e-4; for the checkpoints, each row's SHAP values must sum to its margin),
+over HTTP and gRPC. Damaged model files leave the model UNAVAILABLE with a reason naming the file;
 a request with the wrong number of features is refused as an invalid argument.
 """
 
@@ -398,3 +401,227 @@ def test_auto_complete_fills_inputs_and_outputs(fil):
     assert [int(d) for d in cfg["output"][0]["dims"]] == [3]
     out = infer(srv, "grpc", "xgb_auto", TEST)["output__0"]
     np.testing.assert_allclose(out, cases["xgb_multi"].output0, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn forests served through Treelite checkpoints (model_type treelite_checkpoint).
+# Each estimator is trained here (fixed seeds, small), exported with
+# treelite.sklearn.import_model(...).serialize("checkpoint.tl"), and its own predict_proba /
+# predict is the reference. The random forests see NaNs (scikit-learn's trees take them since
+# 1.4, ExtraTrees since 1.6); GradientBoosting does not, so its data has none.
+
+SKL_MODELS = ["skl_rf_binary", "skl_rf_binary_class", "skl_rf_multi", "skl_rf_multi_class",
+              "skl_rf_reg", "skl_et_reg", "skl_gb_binary", "skl_gb_binary_class",
+              "skl_gb_multi", "skl_gb_reg"]
+
+
+def skl_export(model, repo, name, cfg):
+    import treelite.sklearn
+
+    version = repo / name / "1"
+    version.mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(cfg)
+    treelite.sklearn.import_model(model).serialize(str(version / "checkpoint.tl"))
+    return version / "checkpoint.tl"
+
+
+def builder_model(features):
+    """Six random float32 trees of depth 3 (a binary classifier with a sigmoid)."""
+    from treelite.model_builder import Metadata, ModelBuilder, PostProcessorFunc, TreeAnnotation
+
+    rng = np.random.default_rng(SEED)
+    trees = 6
+    builder = ModelBuilder(
+        threshold_type="float32", leaf_output_type="float32",
+        metadata=Metadata(num_feature=features, task_type="kBinaryClf",
+                          average_tree_output=False, num_target=1, num_class=[1],
+                          leaf_vector_shape=(1, 1)),
+        tree_annotation=TreeAnnotation(num_tree=trees, target_id=[0] * trees,
+                                       class_id=[0] * trees),
+        postprocessor=PostProcessorFunc(name="sigmoid", sigmoid_alpha=1.5),
+        base_scores=[0.25],
+    )
+    ops = ["<", "<=", ">", ">="]
+    for _ in range(trees):
+        builder.start_tree()
+        for node in range(15):
+            builder.start_node(node)
+            if node >= 7:
+                builder.leaf(float(rng.normal()))
+            elif node % 3 == 2:
+                cats = sorted(int(c) for c in rng.choice(12, size=4, replace=False))
+                builder.categorical_test(CAT, category_list=cats, default_left=bool(rng.integers(2)),
+                                         category_list_right_child=bool(rng.integers(2)),
+                                         left_child_key=2 * node + 1,
+                                         right_child_key=2 * node + 2)
+            else:
+                # Thresholds on training values, so that equal inputs occur.
+                feature = int(rng.integers(CAT))
+                column = TEST[:, feature]
+                threshold = float(rng.choice(column[~np.isnan(column)]))
+                builder.numerical_test(feature, threshold, default_left=bool(rng.integers(2)),
+                                       opname=ops[node % 4], left_child_key=2 * node + 1,
+                                       right_child_key=2 * node + 2)
+            builder.end_node()
+        builder.end_tree()
+    return builder.commit()
+
+
+@pytest.fixture(scope="module")
+def skl(tmp_path_factory):
+    ens = pytest.importorskip("sklearn.ensemble")
+    pytest.importorskip("treelite")
+    repo = tmp_path_factory.mktemp("fil-skl-repo")
+    f = FEATURES
+    binary, multi, reg = labels(TRAIN)
+    clean = np.nan_to_num(TRAIN, nan=0.3)
+    test_clean = np.nan_to_num(TEST, nan=0.3)
+    # NaN in every column, also those the forests never saw NaN in (scikit-learn then sends
+    # them the way missing_go_to_left says, which Treelite keeps as default_left).
+    test_nan = TEST
+    cases = {}
+    tl = {"model_type": "treelite_checkpoint"}
+    proba = {**tl, "output_class": "true", "predict_proba": "true"}
+
+    def add(name, model, x, out_dims, params, reference, shap_dims=None, **case):
+        skl_export(model, repo, name, config(name, f, out_dims, params, shap_dims=shap_dims))
+        cases[name] = Case(name, reference, **case)
+        cases[name].inputs = x
+        cases[name].model = model
+
+    rfb = ens.RandomForestClassifier(n_estimators=15, max_depth=8, random_state=SEED)
+    rfb.fit(TRAIN, binary)
+    p = rfb.predict_proba(test_nan)
+    add("skl_rf_binary", rfb, test_nan, 2, proba, p, shap_dims=f"2, {f + 1}")
+    add("skl_rf_binary_class", rfb, test_nan, 1, {**tl, "output_class": "true"},
+        rfb.predict(test_nan).astype(np.float32)[:, None], class_threshold=(p[:, 1], 0.5))
+
+    rfm = ens.RandomForestClassifier(n_estimators=12, max_depth=6, random_state=SEED)
+    rfm.fit(TRAIN, multi)
+    p = rfm.predict_proba(test_nan)
+    add("skl_rf_multi", rfm, test_nan, 3, proba, p, shap_dims=f"3, {f + 1}")
+    top2 = np.sort(p, axis=1)[:, -2:]
+    add("skl_rf_multi_class", rfm, test_nan, 1, {**tl, "output_class": "true"},
+        rfm.predict(test_nan).astype(np.float32)[:, None],
+        class_threshold=(top2[:, 1] - top2[:, 0], 0.0))
+
+    rfr = ens.RandomForestRegressor(n_estimators=10, max_depth=8, random_state=SEED)
+    rfr.fit(TRAIN, reg)
+    add("skl_rf_reg", rfr, test_nan, 1, {**tl, "output_class": "false"},
+        rfr.predict(test_nan)[:, None], shap_dims=f + 1)
+
+    etr = ens.ExtraTreesRegressor(n_estimators=10, max_depth=8, random_state=SEED)
+    etr.fit(clean, reg)
+    add("skl_et_reg", etr, test_clean, 1, {**tl, "output_class": "false"},
+        etr.predict(test_clean)[:, None])
+
+    gbb = ens.GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=SEED)
+    gbb.fit(clean, binary)
+    p = gbb.predict_proba(test_clean)
+    add("skl_gb_binary", gbb, test_clean, 2, proba, p, shap_dims=f + 1)
+    add("skl_gb_binary_class", gbb, test_clean, 1, {**tl, "output_class": "true"},
+        gbb.predict(test_clean).astype(np.float32)[:, None], class_threshold=(p[:, 1], 0.5))
+
+    gbm = ens.GradientBoostingClassifier(n_estimators=15, max_depth=3, random_state=SEED)
+    gbm.fit(clean, multi)
+    add("skl_gb_multi", gbm, test_clean, 3, proba, gbm.predict_proba(test_clean),
+        shap_dims=f"3, {f + 1}")
+
+    gbr = ens.GradientBoostingRegressor(n_estimators=20, max_depth=3, random_state=SEED)
+    gbr.fit(clean, reg)
+    add("skl_gb_reg", gbr, test_clean, 1, {**tl, "output_class": "false"},
+        gbr.predict(test_clean)[:, None], shap_dims=f + 1)
+
+    # A float32 model made with Treelite's model builder: every comparison operator, categorical
+    # splits, a sigmoid, no node statistics (so no SHAP); the reference is Treelite's own GTIL.
+    built = builder_model(f)
+    version = repo / "tl_builder" / "1"
+    version.mkdir(parents=True)
+    (repo / "tl_builder" / "config.pbtxt").write_text(
+        config("tl_builder", f, 1, {**tl, "output_class": "false"}))
+    built.serialize(str(version / "checkpoint.tl"))
+    import treelite.gtil
+
+    x = TEST.copy()
+    x[:20, CAT] = [-1, 0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 40, np.nan, 2.5, 3.999, -0.5, 1e9]
+    cases["tl_builder"] = Case("tl_builder", treelite.gtil.predict(built, x).reshape(len(x), 1))
+    cases["tl_builder"].inputs = x
+    version = repo / "tl_builder_shap" / "1"
+    version.mkdir(parents=True)
+    (repo / "tl_builder_shap" / "config.pbtxt").write_text(
+        config("tl_builder_shap", f, 1, tl, shap_dims=f + 1))
+    built.serialize(str(version / "checkpoint.tl"))
+
+    # Damaged checkpoints: truncated, and one claiming another format version.
+    good = skl_export(gbr, repo, "skl_bad_cut", config("skl_bad_cut", f, 1, tl))
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    other = skl_export(gbr, repo, "skl_bad_version", config("skl_bad_version", f, 1, tl))
+    other.write_bytes((3).to_bytes(4, "little") + data[4:])
+    # The default file name without model_type is found too.
+    skl_export(gbr, repo, "skl_detect", config("skl_detect", f, 1, {"output_class": "false"}))
+    cases["skl_detect"] = Case("skl_detect", gbr.predict(test_clean)[:, None])
+    cases["skl_detect"].inputs = test_clean
+
+    srv = start_server(repo, log_dir=tmp_path_factory.mktemp("fil-skl-logs"))
+    yield srv, cases
+    srv.stop_and_check()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", SKL_MODELS + ["skl_detect", "tl_builder"])
+def test_sklearn_checkpoint_matches_sklearn(skl, model, protocol):
+    srv, cases = skl
+    case = cases[model]
+    out = infer(srv, protocol, model, case.inputs)["output__0"]
+    assert out.shape == case.output0.shape, (out.shape, case.output0.shape)
+    if case.class_threshold is not None:
+        p, thr = case.class_threshold
+        clear = np.abs(p - thr) > 1e-6
+        assert clear.sum() > len(clear) // 2
+        np.testing.assert_array_equal(out[clear], case.output0[clear])
+    else:
+        np.testing.assert_allclose(out, case.output0, rtol=1e-5, atol=1e-5)
+
+
+def skl_margins(case):
+    """What the SHAP values of a row must sum to: the margin before the postprocessor."""
+    model, x = case.model, case.inputs
+    if hasattr(model, "decision_function") and hasattr(model, "loss"):  # GradientBoosting
+        m = model.decision_function(x)
+        return m[:, None] if m.ndim == 1 else m
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(x)
+    return model.predict(x)[:, None]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", ["skl_rf_binary", "skl_rf_multi", "skl_rf_reg",
+                                   "skl_gb_binary", "skl_gb_multi", "skl_gb_reg"])
+def test_sklearn_checkpoint_shap_sums_to_the_margin(skl, model, protocol):
+    """TreeSHAP from the stored sample weights: each row's values add up to its margin."""
+    srv, cases = skl
+    case = cases[model]
+    shap = infer(srv, protocol, model, case.inputs, ("treeshap_output",))["treeshap_output"]
+    margins = skl_margins(case)
+    groups = margins.shape[1]
+    want = (len(case.inputs), FEATURES + 1) if groups == 1 else (len(case.inputs), groups,
+                                                                 FEATURES + 1)
+    assert shap.shape == want
+    sums = shap.sum(axis=-1).reshape(len(case.inputs), groups)
+    np.testing.assert_allclose(sums, margins, rtol=1e-4, atol=1e-4)
+    # A feature no tree splits on gets nothing.
+    assert np.isfinite(shap).all()
+
+
+@pytest.mark.parametrize(
+    "model, mention",
+    [("skl_bad_cut", "truncated"), ("skl_bad_version", "version 3."),
+     ("tl_builder_shap", "sample counts")],
+)
+def test_damaged_checkpoint_is_unavailable_with_a_reason(skl, model, mention):
+    srv, _ = skl
+    entry = index_entry(srv, model)
+    assert entry["state"] == "UNAVAILABLE", entry
+    reason = entry.get("reason", "")
+    assert mention in reason and "checkpoint.tl" in reason, entry

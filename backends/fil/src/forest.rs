@@ -80,6 +80,13 @@ impl Node {
         }
     }
 
+    /// The same split with other children.
+    pub fn with_children(mut self, left: u32, right: u32) -> Node {
+        self.left = left;
+        self.right = right;
+        self
+    }
+
     /// Marks a numerical split as treating zero (|x| <= 1e-35) as missing.
     pub fn with_zero_missing(mut self) -> Node {
         self.info |= ZERO_MISSING;

@@ -1,9 +1,9 @@
 //! The `fil` backend: serves tree ensembles (`backend: "fil"`) the way Triton's FIL backend
-//! does, in pure Rust: XGBoost JSON/UBJSON and LightGBM text models, chosen by the config's
-//! `model_type` parameter; input `input__0` (FP32 `[rows, features]`), output `output__0`
-//! (values, class probabilities or class indices, after `output_class`/`is_classifier`,
-//! `predict_proba` and `threshold`), and exact TreeSHAP values in `treeshap_output` when the
-//! config lists that output.
+//! does, in pure Rust: XGBoost JSON/UBJSON, LightGBM text models and Treelite checkpoints
+//! (scikit-learn forests), chosen by the config's `model_type` parameter; input `input__0`
+//! (FP32 `[rows, features]`), output `output__0` (values, class probabilities or class
+//! indices, after `output_class`/`is_classifier`, `predict_proba` and `threshold`), and exact
+//! TreeSHAP values in `treeshap_output` when the config lists that output.
 //!
 //! A model is loaded once and shared by its instances; each request's rows are predicted
 //! block by block, tree by tree, split over threads when the batch is large (see
@@ -13,6 +13,7 @@ mod forest;
 mod lightgbm;
 mod model;
 mod shap;
+mod treelite;
 mod ubjson;
 mod xgboost;
 
@@ -38,7 +39,8 @@ impl Backend for FilBackend {
     }
 
     fn describe(&self) -> String {
-        "fil: pure-Rust tree ensembles (xgboost_json, xgboost_ubj, lightgbm)".into()
+        "fil: pure-Rust tree ensembles (xgboost_json, xgboost_ubj, lightgbm, treelite_checkpoint)"
+            .into()
     }
 
     fn load_model(&self, ctx: &ModelContext) -> Result<SharedModel, BackendError> {

@@ -8,7 +8,7 @@ use ferrum_backend_api::prelude::*;
 use serde_json::Value;
 
 use crate::forest::Forest;
-use crate::{lightgbm, shap, ubjson, xgboost};
+use crate::{lightgbm, shap, treelite, ubjson, xgboost};
 
 /// The input's name when the config names none.
 pub const INPUT: &str = "input__0";
@@ -28,6 +28,8 @@ pub enum ModelType {
     XgboostUbj,
     /// LightGBM text (`model.txt`).
     Lightgbm,
+    /// Treelite checkpoint (`checkpoint.tl`), e.g. of a scikit-learn forest.
+    TreeliteCheckpoint,
 }
 
 impl ModelType {
@@ -37,12 +39,14 @@ impl ModelType {
             "xgboost_json" => Ok(ModelType::XgboostJson),
             "xgboost_ubj" => Ok(ModelType::XgboostUbj),
             "lightgbm" => Ok(ModelType::Lightgbm),
-            "xgboost" | "treelite_checkpoint" => Err(format!(
+            "treelite_checkpoint" => Ok(ModelType::TreeliteCheckpoint),
+            "xgboost" => Err(format!(
                 "model_type '{value}' is not supported by this backend yet (use xgboost_json, \
-                 xgboost_ubj or lightgbm)"
+                 xgboost_ubj, lightgbm or treelite_checkpoint)"
             )),
             other => Err(format!(
-                "unknown model_type '{other}' (expected xgboost_json, xgboost_ubj or lightgbm)"
+                "unknown model_type '{other}' (expected xgboost_json, xgboost_ubj, lightgbm or \
+                 treelite_checkpoint)"
             )),
         }
     }
@@ -53,6 +57,7 @@ impl ModelType {
             ModelType::XgboostJson => "xgboost.json",
             ModelType::XgboostUbj => "xgboost.ubj",
             ModelType::Lightgbm => "model.txt",
+            ModelType::TreeliteCheckpoint => "checkpoint.tl",
         }
     }
 
@@ -62,6 +67,7 @@ impl ModelType {
             ModelType::XgboostJson,
             ModelType::XgboostUbj,
             ModelType::Lightgbm,
+            ModelType::TreeliteCheckpoint,
         ]
         .into_iter()
         .find(|t| folder.join(t.default_file()).is_file())
@@ -101,8 +107,8 @@ impl Settings {
         let model_type = match ctx.parameter("model_type") {
             Some(v) => ModelType::parse(v.trim())?,
             None => ModelType::detect(&ctx.version_path).ok_or_else(|| {
-                "the config has no model_type parameter (xgboost_json, xgboost_ubj or \
-                 lightgbm) and no model file with a default name was found"
+                "the config has no model_type parameter (xgboost_json, xgboost_ubj, \
+                 lightgbm or treelite_checkpoint) and no model file with a default name was found"
                     .to_string()
             })?,
         };
@@ -163,6 +169,7 @@ pub fn load_forest(path: &Path, model_type: ModelType) -> Result<Forest, Backend
         ModelType::Lightgbm => std::str::from_utf8(&bytes)
             .map_err(|_| "not a text file (invalid UTF-8)".to_string())
             .and_then(lightgbm::forest_from_text),
+        ModelType::TreeliteCheckpoint => treelite::forest_from_bytes(&bytes),
     };
     parsed.map_err(|e| {
         BackendError::invalid_argument(format!(
@@ -324,6 +331,13 @@ impl FilModel {
                 forest.max_depth
             )));
         }
+        if shap_dims.is_some() && forest.covers.iter().any(|c| c.is_nan()) {
+            return Err(invalid(format!(
+                "{} stores no node sample counts or weights, which SHAP values \
+                 ('{SHAP_OUTPUT}') need; remove that output from the config",
+                path.display()
+            )));
+        }
         let expected = shap::expected_values(&forest);
         Ok(FilModel {
             name: ctx.name.clone(),
@@ -405,7 +419,20 @@ impl FilModel {
                 }
             }
             Output0::Class => {
-                if g == 1 {
+                if g == 2 && self.forest.is_classifier {
+                    // Two probability columns (scikit-learn's binary classifiers): the
+                    // threshold applies to the second.
+                    values
+                        .chunks(2)
+                        .map(|p| {
+                            if p[1] > self.settings.threshold {
+                                1.0
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                } else if g == 1 {
                     values
                         .iter()
                         .map(|&p| {
@@ -575,8 +602,16 @@ mod tests {
     #[test]
     fn model_types() {
         assert_eq!(ModelType::parse("lightgbm"), Ok(ModelType::Lightgbm));
+        assert_eq!(
+            ModelType::parse("treelite_checkpoint"),
+            Ok(ModelType::TreeliteCheckpoint)
+        );
+        assert_eq!(
+            ModelType::TreeliteCheckpoint.default_file(),
+            "checkpoint.tl"
+        );
         assert!(
-            ModelType::parse("treelite_checkpoint")
+            ModelType::parse("xgboost")
                 .unwrap_err()
                 .contains("not supported")
         );
