@@ -38,6 +38,7 @@ pub const EXTENSIONS: &[&str] = &[
     "logging",
     "schedule_policy",
     "sequence",
+    "generate",
 ];
 
 /// The bytes of an input: shared with the wire buffer, or lent from a client's shared memory

@@ -42,6 +42,7 @@ EXTENSIONS = {
     "logging",
     "schedule_policy",
     "sequence",
+    "generate",
 }
 
 

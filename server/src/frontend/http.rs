@@ -142,6 +142,16 @@ pub fn router(core: Arc<Core>, max_body: usize) -> Router {
             get(model_config_version),
         )
         .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/generate", post(generate))
+        .route(
+            "/v2/models/{model}/versions/{version}/generate",
+            post(generate_version),
+        )
+        .route("/v2/models/{model}/generate_stream", post(generate_stream))
+        .route(
+            "/v2/models/{model}/versions/{version}/generate_stream",
+            post(generate_stream_version),
+        )
         .route(
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
@@ -637,6 +647,71 @@ async fn infer_version(
 ) -> HttpResult<Response> {
     let version = parse_version(&version)?;
     run_infer(state, model, version, headers, body).await
+}
+
+async fn generate(
+    state: State<Arc<Core>>,
+    Path(model): Path<String>,
+    Body(body): Body,
+) -> HttpResult<Response> {
+    run_generate(state, model, None, body).await
+}
+
+async fn generate_version(
+    state: State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+    Body(body): Body,
+) -> HttpResult<Response> {
+    let version = parse_version(&version)?;
+    run_generate(state, model, version, body).await
+}
+
+/// The generate extension: one JSON object in, one out (models that send one response).
+async fn run_generate(
+    State(core): State<Arc<Core>>,
+    model: String,
+    version: Option<i64>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    if core.model_config(&model, version)?.decoupled() {
+        return Err(Error::unsupported(format!(
+            "model '{model}' is decoupled (it may send several responses per request); call \
+             /v2/models/{model}/generate_stream"
+        ))
+        .into());
+    }
+    let request = super::generate::request(&core, &model, version, &body)?;
+    let response = core.infer(request).await?;
+    Ok(axum::Json(super::generate::response_json(&response)).into_response())
+}
+
+async fn generate_stream(
+    state: State<Arc<Core>>,
+    Path(model): Path<String>,
+    Body(body): Body,
+) -> HttpResult<Response> {
+    run_generate_stream(state, model, None, body)
+}
+
+async fn generate_stream_version(
+    state: State<Arc<Core>>,
+    Path((model, version)): Path<(String, String)>,
+    Body(body): Body,
+) -> HttpResult<Response> {
+    let version = parse_version(&version)?;
+    run_generate_stream(state, model, version, body)
+}
+
+/// The generate extension, streamed: every response as a server-sent event.
+fn run_generate_stream(
+    State(core): State<Arc<Core>>,
+    model: String,
+    version: Option<i64>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    let request = super::generate::request(&core, &model, version, &body)?;
+    let stream = core.infer_stream(request)?;
+    Ok(super::generate::events(stream))
 }
 
 /// How the client wants each output encoded.
