@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lays out an install tree from a cargo build: <dest>/bin/ferrum and
+# Lays out an install tree from a cargo build: <dest>/bin/ferrum (and ferrum-analyze) and
 # <dest>/backends/<name>/libferrum_<name>.so for every backend crate under backends/.
 # A backend that needs a native runtime beside it has an executable backends/<name>/runtime.sh;
 # it is called with the backend's install folder and puts the runtime's libraries there
@@ -11,6 +11,7 @@ dest=${2:?install folder}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$dest/bin" "$dest/backends"
 install -m 755 "$src/ferrum" "$dest/bin/ferrum"
+install -m 755 "$root/tools/analyze/ferrum-analyze" "$dest/bin/ferrum-analyze"
 for crate in "$root"/backends/*/; do
   name=$(basename "$crate")
   lib="$src/libferrum_$name.so"
