@@ -24,6 +24,7 @@ const MODEL_FIELDS: &[&str] = &[
     // Handed to the backend, which applies what it supports (e.g. onnxruntime's graph level).
     "optimization",
     "model_transaction_policy",
+    "model_warmup",
 ];
 
 /// Fields of an input the server implements.
@@ -92,7 +93,7 @@ mod tests {
 name: "m"
 max_batch_size: 4
 input [ { name: "A" data_type: TYPE_FP32 dims: [ 2 ] is_shape_tensor: true } ]
-model_warmup [ { name: "w" } ]
+response_cache { enable: true }
 "#,
         )
         .unwrap();
@@ -101,7 +102,7 @@ model_warmup [ { name: "w" } ]
             found,
             vec![
                 "input[A].is_shape_tensor".to_string(),
-                "model_warmup".to_string()
+                "response_cache".to_string()
             ]
         );
     }

@@ -433,6 +433,11 @@ impl ModelManager {
                     |member| self.get(member, None).ok().map(|l| l.config.clone()),
                 ),
             };
+            // A new version warms up before it is READY and before it takes traffic.
+            let loaded = loaded.and_then(|live| {
+                super::warmup::run(&live, dir)?;
+                Ok(live)
+            });
             let record = match loaded {
                 Ok(live) => {
                     tracing::info!(model = name, version, "loaded, ready");

@@ -7,6 +7,7 @@ mod lifecycle;
 mod live;
 mod reshape;
 mod sequences;
+mod warmup;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
