@@ -3,6 +3,7 @@
 //! network frontends (or an embedding program) call. Build one with [`CoreBuilder`].
 
 pub mod builder;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod isolation;

@@ -661,6 +661,25 @@ impl Core {
                 model.name
             )));
         }
+        // The response cache: a hit answers without running the backend.
+        let cached = match crate::cache::global() {
+            Some(cache) if model.caches() => {
+                crate::cache::ResponseCache::key(&request, model.version).map(|key| (cache, key))
+            }
+            _ => None,
+        };
+        let mut lookup = Duration::ZERO;
+        if let Some((cache, key)) = &cached {
+            let started = Instant::now();
+            if let Some(mut response) = cache.get(key) {
+                let now = Instant::now();
+                model.stats.record_cache_hit(now - received, now - started);
+                response.id = request.id.clone();
+                return Ok(response);
+            }
+            lookup = started.elapsed();
+        }
+        let stats = Arc::clone(&model.stats);
         let mut stream = self.start(model, request, received)?;
         let mut last = None;
         while let Some(item) = stream.next().await {
@@ -672,7 +691,14 @@ impl Core {
                 break;
             }
         }
-        last.ok_or_else(|| Error::internal("the backend ended the request without a response"))
+        let response = last
+            .ok_or_else(|| Error::internal("the backend ended the request without a response"))?;
+        if let Some((cache, key)) = cached {
+            let started = Instant::now();
+            cache.put(key, &response);
+            stats.cache_miss.add(lookup + started.elapsed());
+        }
+        Ok(response)
     }
 
     /// The version a request runs on: for a request inside an open sequence, the version the

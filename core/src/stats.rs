@@ -67,9 +67,9 @@ pub struct InferenceStatistics {
     pub compute_infer: DurationStat,
     /// Time spent on outputs.
     pub compute_output: DurationStat,
-    /// Response cache hits (there is no response cache: always zero).
+    /// Response cache hits and their lookup time.
     pub cache_hit: DurationStat,
-    /// Response cache misses (there is no response cache: always zero).
+    /// Response cache misses and their lookup and insertion time.
     pub cache_miss: DurationStat,
 }
 
@@ -190,6 +190,12 @@ pub struct ModelStats {
     pub sequences: SequenceCounts,
     /// Process ids of the version's isolated instance processes.
     pub processes: Mutex<std::collections::BTreeSet<u32>>,
+    /// Response cache hits and their lookup time.
+    pub cache_hit: Tally,
+    /// Response cache misses and their lookup and insertion time.
+    pub cache_miss: Tally,
+    /// The version uses the response cache (only then are the cache metrics reported).
+    pub caching: std::sync::atomic::AtomicBool,
 }
 
 /// How many sequences a model started, ended, and released idle.
@@ -258,6 +264,9 @@ impl ModelStats {
             batches: Mutex::new(BTreeMap::new()),
             sequences: SequenceCounts::default(),
             processes: Mutex::new(Default::default()),
+            cache_hit: Tally::default(),
+            cache_miss: Tally::default(),
+            caching: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -326,6 +335,19 @@ impl ModelStats {
         self.batches.lock().clone()
     }
 
+    /// Records a request answered from the response cache: a success, and a cache hit with
+    /// its lookup time (the backend did not run, so no queue or compute time).
+    pub fn record_cache_hit(&self, total: Duration, lookup: Duration) {
+        self.success.add(total);
+        self.cache_hit.add(lookup);
+        self.touch();
+    }
+
+    /// Whether the version uses the response cache.
+    pub fn caches(&self) -> bool {
+        self.caching.load(Ordering::Relaxed)
+    }
+
     /// The statistics as they stand now, in the form the statistics extension reports.
     pub fn snapshot(&self) -> ModelStatistics {
         ModelStatistics {
@@ -341,8 +363,8 @@ impl ModelStats {
                 compute_input: self.compute_input.snapshot(),
                 compute_infer: self.compute_infer.snapshot(),
                 compute_output: self.compute_output.snapshot(),
-                cache_hit: DurationStat::default(),
-                cache_miss: DurationStat::default(),
+                cache_hit: self.cache_hit.snapshot(),
+                cache_miss: self.cache_miss.snapshot(),
             },
             batches: self
                 .batches()

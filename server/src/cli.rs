@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub backend_directory: Option<PathBuf>,
 
+    /// The response cache, as Triton writes it: local,size=<bytes>. Models opt in with
+    /// `response_cache { enable: true }`.
+    #[arg(long = "cache-config", value_name = "local,size=BYTES")]
+    pub cache_config: Option<String>,
+
     /// Setting for a backend: <backend>,<key>=<value>. Repeatable.
     #[arg(long = "backend-config", value_name = "BACKEND,KEY=VALUE")]
     pub backend_config: Vec<String>,

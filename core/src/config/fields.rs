@@ -25,6 +25,7 @@ const MODEL_FIELDS: &[&str] = &[
     "optimization",
     "model_transaction_policy",
     "model_warmup",
+    "response_cache",
 ];
 
 /// Fields of an input the server implements.
@@ -93,7 +94,7 @@ mod tests {
 name: "m"
 max_batch_size: 4
 input [ { name: "A" data_type: TYPE_FP32 dims: [ 2 ] is_shape_tensor: true } ]
-response_cache { enable: true }
+model_operations { op_library_filename: "libcustom.so" }
 "#,
         )
         .unwrap();
@@ -102,7 +103,7 @@ response_cache { enable: true }
             found,
             vec![
                 "input[A].is_shape_tensor".to_string(),
-                "response_cache".to_string()
+                "model_operations".to_string()
             ]
         );
     }

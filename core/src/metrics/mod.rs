@@ -75,6 +75,26 @@ const FAMILIES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "nv_cache_num_hits_per_model",
+        "Number of response cache hits per model",
+        true,
+    ),
+    (
+        "nv_cache_num_misses_per_model",
+        "Number of response cache misses per model",
+        true,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total response cache hit duration per model, in microseconds",
+        true,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total response cache miss (lookup and insertion) duration per model, in microseconds",
+        true,
+    ),
+    (
         "ferrum_model_memory_bytes",
         "Resident memory of a model version's isolated instance processes (isolated models only)",
         false,
@@ -187,6 +207,20 @@ impl Collector for InferenceCollector {
                         "ferrum_sequences_started_total" => count(&sequences.started),
                         "ferrum_sequences_ended_total" => count(&sequences.ended),
                         "ferrum_sequences_timed_out_total" => count(&sequences.timed_out),
+                        "nv_cache_num_hits_per_model"
+                        | "nv_cache_num_misses_per_model"
+                        | "nv_cache_hit_duration_per_model"
+                        | "nv_cache_miss_duration_per_model" => {
+                            if !m.caches() {
+                                continue;
+                            }
+                            match name {
+                                "nv_cache_num_hits_per_model" => m.cache_hit.get().0 as f64,
+                                "nv_cache_num_misses_per_model" => m.cache_miss.get().0 as f64,
+                                "nv_cache_hit_duration_per_model" => us(m.cache_hit.get().1),
+                                _ => us(m.cache_miss.get().1),
+                            }
+                        }
                         "nv_inference_request_success" => m.success.get().0 as f64,
                         "nv_inference_request_failure" => {
                             let failures = m.failures();

@@ -253,7 +253,7 @@ impl LiveModel {
                 .map(|t| (t.name.clone(), t.data_type, t.dims.clone(), false, None))
                 .collect(),
         )?;
-        Ok(LiveModel {
+        let live = LiveModel {
             engine: None,
             name: config.name.clone(),
             version,
@@ -266,7 +266,9 @@ impl LiveModel {
             sequences: false,
             ensemble: Some(Arc::new(ensemble)),
             health: Default::default(),
-        })
+        };
+        live.announce_cache();
+        Ok(live)
     }
 
     /// Loads a version through its backend and starts its instances.
@@ -405,7 +407,7 @@ impl LiveModel {
             })?;
             spec.labels = Some(text.lines().map(str::to_string).collect());
         }
-        Ok(LiveModel {
+        let live = LiveModel {
             stats,
             engine: Some(Engine {
                 scheduler,
@@ -425,7 +427,9 @@ impl LiveModel {
                 config.scheduling_choice,
                 Some(crate::proto::inference::model_config::SchedulingChoice::SequenceBatching(_))
             ),
-        })
+        };
+        live.announce_cache();
+        Ok(live)
     }
 
     /// Whether this version runs on that backend library (the same loaded copy).
@@ -451,6 +455,43 @@ impl LiveModel {
                 self.name
             ))),
         }
+    }
+
+    /// Whether this version answers from the response cache: its config enables it, the
+    /// server has a cache, and it is neither decoupled, sequence-batched nor an ensemble.
+    pub fn caches(&self) -> bool {
+        self.config.response_cache.is_some_and(|c| c.enable)
+            && crate::cache::global().is_some()
+            && !self.decoupled()
+            && !self.sequences
+            && self.ensemble.is_none()
+    }
+
+    /// Says at load whether the response cache serves this version, and if not, why.
+    fn announce_cache(&self) {
+        if !self.config.response_cache.is_some_and(|c| c.enable) {
+            return;
+        }
+        let why = if crate::cache::global().is_none() {
+            "the server has no cache (--cache-config local,size=<bytes>)"
+        } else if self.decoupled() {
+            "the model is decoupled"
+        } else if self.sequences {
+            "the model uses the sequence batcher"
+        } else if self.ensemble.is_some() {
+            "it is an ensemble"
+        } else {
+            self.stats
+                .caching
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(model = %self.name, version = self.version, "responses are cached");
+            return;
+        };
+        tracing::warn!(
+            model = %self.name,
+            version = self.version,
+            "response_cache is enabled but not used: {why}"
+        );
     }
 
     /// Why this version stopped serving (an isolated instance kept crashing), if it did.
