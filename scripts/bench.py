@@ -112,13 +112,31 @@ def prepare_python_models(source: Path, target: Path) -> list:
     return ["identity_fp32", *PYTHON_MODELS]
 
 
+# The response cache (docs/scheduling.md): `simple_cached` is `simple` with
+# response_cache { enable: true } on a server with --cache-config; hits are identical requests
+# (zero data), misses cycle through more distinct requests than the cache holds.
+CACHE_CONFIG = ["--cache-config", "local,size=1048576"]
+MISS_REQUESTS = 10000
+
+
+def prepare_cache_model(source: Path, target: Path) -> bool:
+    if not (source / "simple").is_dir():
+        return False
+    shutil.copytree(source / "simple", target / "simple_cached")
+    config = (target / "simple_cached" / "config.pbtxt").read_text().replace('"simple"', '"simple_cached"')
+    (target / "simple_cached" / "config.pbtxt").write_text(config + "\nresponse_cache { enable: true }\n")
+    rows = [{"INPUT0": [i] * 16, "INPUT1": [i % 7] * 16} for i in range(MISS_REQUESTS)]
+    (target / "cache-misses.json").write_text(json.dumps({"data": rows}))
+    return True
+
+
 def start_server(binary, repository, backend_dir):
     ports = {name: free_port() for name in ("http", "grpc", "metrics")}
     log = tempfile.NamedTemporaryFile(prefix="ferrum-bench-", suffix=".log", delete=False)
     cmd = [binary, "--model-repository", str(repository),
            "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
            "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-           "--metrics-port", str(ports["metrics"])]
+           "--metrics-port", str(ports["metrics"])] + CACHE_CONFIG
     if backend_dir:
         cmd += ["--backend-directory", backend_dir]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
@@ -272,11 +290,15 @@ def main():
                         help="length of the memory soak at concurrency 64 (0: skip it)")
     parser.add_argument("--python-only", action="store_true",
                         help="measure only the python backend's identity models")
+    parser.add_argument("--cache-only", action="store_true",
+                        help="measure only the response cache (hits against misses)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ferrum-bench-repo-"))
-    models = [] if args.python_only else prepare_repository(Path(args.repository), work)
-    python_models = prepare_python_models(Path(args.repository), work)
+    only = args.python_only or args.cache_only
+    models = [] if only else prepare_repository(Path(args.repository), work)
+    python_models = [] if args.cache_only else prepare_python_models(Path(args.repository), work)
+    cache_model = not args.python_only and prepare_cache_model(Path(args.repository), work)
     proc, ports, log = start_server(args.server, work, args.backend_directory)
     levels = [int(c) for c in args.concurrency.split(",")]
     protocols = args.protocols.split(",")
@@ -293,7 +315,7 @@ def main():
                 raw[name] = (raw_throughput(runtime, path, args.seconds, 1),
                              raw_throughput(runtime, path, args.seconds, 32))
         floor = {}
-        for protocol in [] if args.python_only else protocols:
+        for protocol in [] if only else protocols:
             url = f"127.0.0.1:{ports[protocol]}"
             for c in levels:
                 floor[(protocol, c)] = perf_point(args.perf, protocol, url, None, c, args.seconds)
@@ -301,7 +323,7 @@ def main():
             print("| model | batching | protocol | conc. | infer/s | p50 µs | p99 µs | / no-op rate "
                   "| p50 − no-op p50 µs | p99 / p50 | / raw b1 | / raw b32 |")
             print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for protocol in [] if args.python_only else protocols:
+        for protocol in [] if only else protocols:
             for c in levels:
                 rps, p50, p99 = floor[(protocol, c)]
                 print(f"| (no-op) | | {protocol} | {c} | {rps:.0f} | {p50:.0f} | {p99:.0f} "
@@ -355,6 +377,21 @@ def main():
                         print(f"| {name} (isolation {isolation}) | {protocol} | {c} | {py[0]:.0f} "
                               f"| {py[0] / base[0]:.2f} | {py[1]:.0f} | {py[1] - base[1]:.0f} |",
                               flush=True)
+        if cache_model:
+            print("\nThe response cache (docs/scheduling.md): simple_cached answered from the cache "
+                  f"(identical requests) against misses ({MISS_REQUESTS} distinct requests in turn, "
+                  "more than the cache holds):\n")
+            print("| protocol | conc. | hit infer/s | miss infer/s | hit / miss | hit p50 µs | miss p50 µs |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for protocol in protocols:
+                url = f"127.0.0.1:{ports[protocol]}"
+                for c in (1, 8):
+                    hit = perf_point(args.perf, protocol, url, "simple_cached", c, args.seconds,
+                                     ("--input-data", "zero"))
+                    miss = perf_point(args.perf, protocol, url, "simple_cached", c, args.seconds,
+                                      ("--input-data", str(work / "cache-misses.json")))
+                    print(f"| {protocol} | {c} | {hit[0]:.0f} | {miss[0]:.0f} | {hit[0] / miss[0]:.2f} "
+                          f"| {hit[1]:.0f} | {miss[1]:.0f} |", flush=True)
         print()
         for name, ((b1, problem), (b32, _)) in raw.items():
             runtime = MLPS[name][0]
@@ -363,7 +400,7 @@ def main():
         # The server finds its backends beside its binary (dist/backends); the in-process
         # core inside ferrum-perf is told where they are.
         backends = args.backend_directory or str(Path(args.server).resolve().parent.parent / "backends")
-        pipeline = None if args.python_only else pipeline_overhead(
+        pipeline = None if only else pipeline_overhead(
             args.perf, Path(args.repository), backends, args.seconds)
         if pipeline:
             print("\nThe example pipeline in-process (ferrum-perf -i in-process, concurrency 1):\n")
