@@ -39,8 +39,9 @@ run: build
 	dist/bin/ferrum --model-repository model_repository \
 		--http-port $(PORT_HTTP) --grpc-port $(PORT_GRPC) --metrics-port $(PORT_METRICS)
 
-## test: build once (debug), then Rust unit + end-to-end tests and the tritonclient suite
-test: test-build test-rust test-python
+## test: build once (debug), then Rust unit + end-to-end tests, the tritonclient suite, and
+## the embedding APIs (C under valgrind, Java)
+test: test-build test-rust test-python test-embedding
 
 .PHONY: test-build
 test-build: libtorch
@@ -56,6 +57,11 @@ test-rust: test-build
 test-python: test-build
 	scripts/setup-python.sh
 	.venv/bin/python -m pytest -n 2 tests/python
+
+.PHONY: test-embedding
+## test-embedding: the C API smoke test under valgrind and the Java binding (JNI)
+test-embedding: test-build
+	CARGO=$(CARGO) scripts/test-embedding.sh
 
 ## lint: formatting and clippy, as CI wants them
 lint: libtorch

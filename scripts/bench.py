@@ -343,6 +343,21 @@ def main():
                         print(f"| {name} | {batching} | {protocol} | {c} | {rps:.0f} | {p50:.0f} "
                               f"| {p99:.0f} | {rps / f_rps:.2f} | {p50 - f_p50:.0f} "
                               f"| {p99 / p50:.1f} | {ratio(b1)} | {ratio(b32)} |", flush=True)
+        if "simple" in models:
+            # The Rust API (docs/embedding.md): simple through the core in ferrum-perf's own
+            # process, no socket, beside the same model over HTTP and gRPC at concurrency 1.
+            backends_dir = args.backend_directory or str(
+                Path(args.server).resolve().parent.parent / "backends")
+            inproc = in_process_rate(args.perf, work, backends_dir, "simple", args.seconds)
+            print("\nIn-process (the Rust API, ferrum-perf -i in-process) against the network, "
+                  "simple at concurrency 1:\n")
+            print("| path | infer/s | / in-process |")
+            print("| --- | ---: | ---: |")
+            print(f"| in-process (Rust API) | {inproc:.0f} | 1.00 |")
+            for protocol in protocols:
+                url = f"127.0.0.1:{ports[protocol]}"
+                rps = perf_point(args.perf, protocol, url, "simple", 1, args.seconds)[0]
+                print(f"| {protocol} | {rps:.0f} | {rps / inproc:.2f} |", flush=True)
         isolated = [n for n in models if n in ISOLATED_MODELS]
         if isolated:
             print("\nProcess isolation (docs/reliability.md): the same model with its instance in a "

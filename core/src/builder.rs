@@ -1,5 +1,11 @@
 //! Builds a [`Core`] from its settings: the library's entry point for serving models in a
 //! process, used by the `ferrum` server and usable without any network frontend.
+//!
+//! The settings an embedding program usually sets: the model repositories
+//! ([`CoreBuilder::new`]), the [`ControlMode`] ([`CoreBuilder::control_mode`]), the backend
+//! directory ([`CoreBuilder::backend_directory`]), start-up models in explicit mode
+//! ([`CoreBuilder::startup_models`]) and limits ([`CoreBuilder::queue_limit`]). Every other
+//! setting has the `ferrum` server's default. See the crate docs for a complete example.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
