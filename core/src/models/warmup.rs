@@ -99,7 +99,7 @@ fn submit(model: &LiveModel, mut request: InferRequest) -> Result<crate::schedul
 fn wait(rx: crate::scheduler::ResponseRx) -> Result<()> {
     let mut rx = rx;
     loop {
-        match block_on(rx.recv()) {
+        match crate::plugins::host::block_on(rx.recv()) {
             None => {
                 return Err(Error::internal(
                     "the backend ended the request without a final response",
@@ -284,24 +284,5 @@ fn sample_data(
                 }
             }
         }
-    }
-}
-
-/// Runs a future to completion on this (non-async) thread.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-            return value;
-        }
-        std::thread::park();
     }
 }

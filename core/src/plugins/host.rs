@@ -172,7 +172,7 @@ impl HostRequest {
 
 /// Runs a future to completion on the current thread, parking it while the future waits.
 /// For backend threads only (never an async worker).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {

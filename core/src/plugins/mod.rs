@@ -1,7 +1,7 @@
 //! Backend libraries: found in the backend directory by name, loaded and checked through
 //! abi_stable, created once, and kept loaded for the life of the process.
 
-mod host;
+pub(crate) mod host;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
