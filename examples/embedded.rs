@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use ferrum_core::{
-    ControlMode, CoreBuilder, DataType, InferRequest, InferResponse, InputTensor, OutputData,
+    Allocator, ControlMode, CoreBuilder, DataType, InferRequest, InferResponse, InputTensor,
+    OutputAllocator, OutputData,
 };
 
 /// Fails the program with a message.
@@ -210,6 +211,47 @@ async fn run() -> Result<()> {
         }
     }
     println!("onnx_mlp: {y:?}");
+
+    // The same request with the outputs written into this program's own buffer: the
+    // allocator hands out a vector, the backend writes OUTPUT0 into it, and the response
+    // gives back that same allocation (no copy).
+    struct Pool(std::sync::Mutex<Vec<(usize, Vec<u8>)>>);
+    impl OutputAllocator for Pool {
+        fn allocate(&self, _: &str, _: DataType, _: &[i64], byte_size: usize) -> Option<Vec<u8>> {
+            let mut buffers = self.0.lock().ok()?;
+            let index = buffers.iter().position(|(_, b)| b.len() == byte_size)?;
+            Some(buffers.swap_remove(index).1)
+        }
+    }
+    let mine = vec![0u8; 8 * 4];
+    let address = mine.as_ptr() as usize;
+    let pool = std::sync::Arc::new(Pool(std::sync::Mutex::new(vec![(address, mine)])));
+    let request = InferRequest {
+        model_name: "onnx_mlp".into(),
+        inputs: vec![tensor(
+            "INPUT0",
+            DataType::FP32,
+            &[2, 16],
+            x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )],
+        outputs: vec!["OUTPUT0".into()],
+        allocator: Some(Allocator(pool.clone())),
+        ..Default::default()
+    };
+    let response = core.infer(request).await.map_err(|e| e.to_string())?;
+    let data = output(&response, "OUTPUT0")?.data.clone();
+    ensure(as_f32(&data) == y, || {
+        "onnx_mlp into my buffer differs".into()
+    })?;
+    ensure(data.as_ptr() as usize == address, || {
+        "onnx_mlp's output is not in the buffer the allocator gave".into()
+    })?;
+    drop(response);
+    let back: Vec<u8> = Vec::from(data);
+    ensure(back.as_ptr() as usize == address, || {
+        "the buffer did not come back".into()
+    })?;
+    println!("onnx_mlp: written straight into the caller's buffer");
 
     // repeat_int32 (decoupled): one response per element of IN, then the final flag.
     let values = [10i32, 20, 30];

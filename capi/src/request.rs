@@ -180,6 +180,7 @@ impl FERRUM_InferenceRequest {
             inputs,
             outputs: self.outputs.clone(),
             delivery: Vec::new(),
+            allocator: None,
         })
     }
 

@@ -28,9 +28,10 @@
 //!   which waits for in-flight requests.
 //!
 //! Inputs are [`bytes::Bytes`] (shared, not copied again by the core) or bytes lent through
-//! [`server::LentBytes`]; outputs come back as [`bytes::Bytes`] the core allocated. A
-//! caller-provided output allocator is not part of the Rust API yet (the C API offers one by
-//! copying outputs into the caller's buffers).
+//! [`server::LentBytes`]; outputs come back as [`bytes::Bytes`] the core allocated, or, with
+//! an [`OutputAllocator`] on the request ([`InferRequest::allocator`]), in the caller's own
+//! buffers: the backend writes each output straight into the vector the allocator returned,
+//! and the response hands that allocation back.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -93,6 +94,6 @@ pub use server::Core;
 /// Request and response types of [`Core::infer`] and [`Core::infer_stream`], re-exported for
 /// embedding programs.
 pub use server::{
-    InferRequest, InferResponse, InputData, InputTensor, ModelMetadata, OutputData, ResponseStream,
-    StreamItem,
+    Allocator, InferRequest, InferResponse, InputData, InputTensor, ModelMetadata, OutputAllocator,
+    OutputData, ResponseStream, StreamItem,
 };

@@ -262,6 +262,33 @@ pub struct InferRequest {
     pub outputs: Vec<String>,
     /// How requested outputs are delivered (classification, shared memory); frontend-side only.
     pub delivery: Vec<OutputDelivery>,
+    /// Where the outputs are written (none: the server allocates them).
+    pub allocator: Option<Allocator>,
+}
+
+/// Gives the memory a request's outputs are written into: an embedding program's own
+/// buffers, so that the backend writes each output there and no copy follows.
+pub trait OutputAllocator: Send + Sync {
+    /// A buffer of exactly `byte_size` bytes for output `name`, or none to let the server
+    /// allocate it. The backend writes the output into it, and the response hands it back as
+    /// the output's `data` (`Vec::<u8>::from(data)` returns the same allocation).
+    fn allocate(
+        &self,
+        name: &str,
+        datatype: DataType,
+        shape: &[i64],
+        byte_size: usize,
+    ) -> Option<Vec<u8>>;
+}
+
+/// A request's output allocator.
+#[derive(Clone)]
+pub struct Allocator(pub Arc<dyn OutputAllocator>);
+
+impl std::fmt::Debug for Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Allocator")
+    }
 }
 
 /// An output tensor of a response.
@@ -663,7 +690,7 @@ impl Core {
         }
         // The response cache: a hit answers without running the backend.
         let cached = match crate::cache::global() {
-            Some(cache) if model.caches() => {
+            Some(cache) if model.caches() && request.allocator.is_none() => {
                 crate::cache::ResponseCache::key(&request, model.version).map(|key| (cache, key))
             }
             _ => None,
@@ -759,6 +786,7 @@ impl Core {
         let ticket = Ticket {
             cancelled: Arc::new(AtomicBool::new(false)),
             delivery: std::mem::take(&mut request.delivery).into(),
+            allocator: request.allocator.take(),
             deadline,
         };
         let requested = request.outputs.clone();

@@ -727,6 +727,7 @@ fn start_call(
         inputs,
         outputs: call.requested,
         delivery: Vec::new(),
+        allocator: None,
     };
     drop(file);
     let mut stream = match core.infer_stream(request) {

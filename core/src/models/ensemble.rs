@@ -387,6 +387,7 @@ impl Ensemble {
                 .collect(),
             outputs: step.outputs.iter().map(|(o, _)| o.clone()).collect(),
             delivery: Vec::new(),
+            allocator: None,
         }
     }
 

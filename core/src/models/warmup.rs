@@ -91,6 +91,7 @@ fn submit(model: &LiveModel, mut request: InferRequest) -> Result<crate::schedul
         cancelled: Arc::new(AtomicBool::new(false)),
         delivery: Vec::new().into(),
         deadline: None,
+        allocator: None,
     };
     model.submit(request, ticket)
 }
@@ -188,6 +189,7 @@ fn sample_request(
         inputs,
         outputs: Vec::new(),
         delivery: Vec::new(),
+        allocator: None,
     })
 }
 

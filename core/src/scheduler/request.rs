@@ -37,6 +37,8 @@ pub struct Ticket {
     /// The instant the request must have started running by (its `timeout` parameter), for
     /// models whose queue has no timeout policy of its own.
     pub deadline: Option<Arc<Deadline>>,
+    /// The caller's output allocator, if it gave one.
+    pub allocator: Option<crate::server::Allocator>,
 }
 
 /// A queued request's deadline, and who got to it first: the instance that starts the
@@ -144,6 +146,8 @@ pub struct RequestState {
     cancelled: Arc<AtomicBool>,
     /// Per-output delivery, for the allocator.
     delivery: Arc<[OutputDelivery]>,
+    /// The caller's output allocator.
+    allocator: Option<crate::server::Allocator>,
     /// Whether the model may send any number of responses.
     decoupled: bool,
     /// The model's name, for messages.
@@ -175,6 +179,7 @@ impl RequestState {
             dest: work_dest,
             cancelled: Arc::clone(&ticket.cancelled),
             delivery: Arc::clone(&ticket.delivery),
+            allocator: ticket.allocator.clone(),
             decoupled,
             model,
             clock,
@@ -557,6 +562,27 @@ impl ServerResponse {
                     flags: BUFFER_SHARED,
                 };
                 (Storage::Shm(target, byte_size), buffer)
+            }
+            None if let Some(vec) = self
+                .state
+                .allocator
+                .as_ref()
+                .and_then(|a| a.0.allocate(name, datatype, shape, byte_size)) =>
+            {
+                let mut data = vec;
+                if data.len() != byte_size {
+                    return Err(BackendError::internal(format!(
+                        "the caller's allocator gave {} bytes for output '{name}', which needs {byte_size}",
+                        data.len()
+                    )));
+                }
+                let buffer = BufferMut {
+                    ptr: data.as_mut_ptr(),
+                    len: byte_size,
+                    memory: Memory::CPU,
+                    flags: 0,
+                };
+                (Storage::Heap(data), buffer)
             }
             None => {
                 let mut data = Vec::new();

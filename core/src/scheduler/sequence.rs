@@ -1016,6 +1016,7 @@ mod tests {
             inputs: Vec::new(),
             outputs: Vec::new(),
             delivery: Vec::new(),
+            allocator: None,
         }
     }
 

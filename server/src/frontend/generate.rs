@@ -68,6 +68,7 @@ pub fn request(
         inputs,
         outputs: Vec::new(),
         delivery: Vec::new(),
+        allocator: None,
     })
 }
 

@@ -300,6 +300,7 @@ pub fn decode_request(
         inputs,
         outputs,
         delivery,
+        allocator: None,
     })
 }
 

@@ -957,6 +957,7 @@ pub fn decode_request(
         inputs,
         outputs: named.iter().map(|(n, _)| n.clone()).collect(),
         delivery,
+        allocator: None,
     };
     Ok((
         request,
