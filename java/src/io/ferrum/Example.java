@@ -17,6 +17,38 @@ public final class Example {
         }
     }
 
+    /**
+     * Listening TCP sockets this process holds (0 expected: the embedded server opens none):
+     * the socket inodes among /proc/self/fd matched with LISTEN rows of /proc/self/net/tcp*.
+     */
+    private static int listeningSockets() throws java.io.IOException {
+        java.util.Set<String> mine = new java.util.HashSet<>();
+        try (java.nio.file.DirectoryStream<java.nio.file.Path> fds =
+                java.nio.file.Files.newDirectoryStream(java.nio.file.Paths.get("/proc/self/fd"))) {
+            for (java.nio.file.Path fd : fds) {
+                try {
+                    String target = java.nio.file.Files.readSymbolicLink(fd).toString();
+                    if (target.startsWith("socket:[")) {
+                        mine.add(target.substring(8, target.length() - 1));
+                    }
+                } catch (java.io.IOException gone) {
+                    // The descriptor closed meanwhile.
+                }
+            }
+        }
+        int listening = 0;
+        for (String table : new String[] {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
+            java.nio.file.Path path = java.nio.file.Paths.get(table);
+            if (!java.nio.file.Files.exists(path)) continue;
+            for (String line : java.nio.file.Files.readAllLines(path)) {
+                String[] f = line.trim().split("\\s+");
+                // sl local rem st ... inode (field 9); st 0A is LISTEN.
+                if (f.length > 9 && f[3].equals("0A") && mine.contains(f[9])) listening++;
+            }
+        }
+        return listening;
+    }
+
     /** A weight of the example MLP: scale * sin(phase + 0.7 r + 1.3 c), rounded to float. */
     private static double weight(double scale, double phase, int r, int c) {
         return (float) (scale * Math.sin(phase + 0.7 * r + 1.3 * c));
@@ -39,12 +71,13 @@ public final class Example {
         return out;
     }
 
-    public static void main(String[] args) {
+    public static void main(String[] args) throws java.io.IOException {
         String repository = args.length > 0 ? args[0] : "model_repository";
         String backends = args.length > 1 ? args[1] : "target/debug/backends";
         try (Server server = new Server(repository, backends, Server.CONTROL_EXPLICIT,
                 "simple", "onnx_mlp", "repeat_int32")) {
             check(server.isReady(), "server not ready");
+            check(listeningSockets() == 0, "the embedded server listens on a socket");
 
             // simple: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1.
             int[] a = new int[16];
