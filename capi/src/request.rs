@@ -245,6 +245,33 @@ pub unsafe extern "C" fn FERRUM_InferenceRequestDelete(
     guard(|| unsafe { handles::take(request, Kind::Request) }.map(drop))
 }
 
+/// The input that data for `name` is appended to, once the buffer is checked: CPU memory,
+/// and not NULL unless empty.
+fn input_to_append<'a>(
+    r: &'a mut FERRUM_InferenceRequest,
+    name: &str,
+    base: *const c_void,
+    byte_size: usize,
+    memory_type: FERRUM_MemoryType,
+    memory_type_id: i64,
+) -> Result<&'a mut Input, Error> {
+    if memory_type != FERRUM_MEMORY_CPU && memory_type != FERRUM_MEMORY_CPU_PINNED {
+        return Err(Error::new(
+            ferrum_core::ErrorKind::Unsupported,
+            format!(
+                "input '{name}': only CPU memory is supported (got type {memory_type}, id {memory_type_id})"
+            ),
+        ));
+    }
+    if base.is_null() && byte_size > 0 {
+        return Err(Error::invalid("base is NULL"));
+    }
+    r.inputs
+        .iter_mut()
+        .find(|i| i.name == name)
+        .ok_or_else(|| Error::not_found(format!("no input '{name}': add it first")))
+}
+
 fn with_request(
     request: *mut FERRUM_InferenceRequest,
     f: impl FnOnce(&mut FERRUM_InferenceRequest) -> Result<(), Error>,
@@ -372,22 +399,7 @@ pub unsafe extern "C" fn FERRUM_InferenceRequestAppendInputData(
     with_request(request, |r| {
         // SAFETY: the caller passes a NUL-terminated string.
         let name = unsafe { handles::string(name, "name") }?;
-        if memory_type != FERRUM_MEMORY_CPU && memory_type != FERRUM_MEMORY_CPU_PINNED {
-            return Err(Error::new(
-                ferrum_core::ErrorKind::Unsupported,
-                format!(
-                    "input '{name}': only CPU memory is supported (got type {memory_type}, id {memory_type_id})"
-                ),
-            ));
-        }
-        if base.is_null() && byte_size > 0 {
-            return Err(Error::invalid("base is NULL"));
-        }
-        let input = r
-            .inputs
-            .iter_mut()
-            .find(|i| i.name == name)
-            .ok_or_else(|| Error::not_found(format!("no input '{name}': add it first")))?;
+        let input = input_to_append(r, name, base, byte_size, memory_type, memory_type_id)?;
         if byte_size > 0 {
             // SAFETY: the caller passes `byte_size` readable bytes.
             let bytes = unsafe { std::slice::from_raw_parts(base.cast::<u8>(), byte_size) };
@@ -420,22 +432,7 @@ pub unsafe extern "C" fn FERRUM_InferenceRequestAppendInputDataBorrowed(
     with_request(request, |r| {
         // SAFETY: the caller passes a NUL-terminated string.
         let name = unsafe { handles::string(name, "name") }?;
-        if memory_type != FERRUM_MEMORY_CPU && memory_type != FERRUM_MEMORY_CPU_PINNED {
-            return Err(Error::new(
-                ferrum_core::ErrorKind::Unsupported,
-                format!(
-                    "input '{name}': only CPU memory is supported (got type {memory_type}, id {memory_type_id})"
-                ),
-            ));
-        }
-        if base.is_null() && byte_size > 0 {
-            return Err(Error::invalid("base is NULL"));
-        }
-        let input = r
-            .inputs
-            .iter_mut()
-            .find(|i| i.name == name)
-            .ok_or_else(|| Error::not_found(format!("no input '{name}': add it first")))?;
+        let input = input_to_append(r, name, base, byte_size, memory_type, memory_type_id)?;
         if byte_size > 0 {
             input.chunks.push(Chunk::Borrowed(base as usize, byte_size));
         }
