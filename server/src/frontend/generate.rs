@@ -227,52 +227,22 @@ pub fn response_json(response: &InferResponse) -> Value {
         object.insert("id".into(), json!(response.id));
     }
     for output in &response.outputs {
-        let mut values = decode(output.datatype, &output.data);
-        let value = if values.len() == 1 {
-            values.pop().unwrap_or(Value::Null)
-        } else {
-            Value::Array(values)
+        // The same element encoding as the infer response's `data`; a malformed BYTES output
+        // (which the core refuses before it gets here) would show as an empty list.
+        let encoded = serde_json::to_value(super::tensor_json::TensorJson {
+            datatype: output.datatype,
+            data: &output.data,
+        });
+        let value = match encoded {
+            Ok(Value::Array(mut values)) if values.len() == 1 => {
+                values.pop().unwrap_or(Value::Null)
+            }
+            Ok(value) => value,
+            Err(_) => Value::Array(Vec::new()),
         };
         object.insert(output.name.clone(), value);
     }
     Value::Object(object)
-}
-
-/// An output's elements as JSON values.
-fn decode(dtype: DataType, data: &[u8]) -> Vec<Value> {
-    macro_rules! each {
-        ($t:ty, $conv:expr) => {
-            data.chunks_exact(std::mem::size_of::<$t>())
-                .map(|c| {
-                    let mut b = [0u8; std::mem::size_of::<$t>()];
-                    b.copy_from_slice(c);
-                    $conv(<$t>::from_le_bytes(b))
-                })
-                .collect()
-        };
-    }
-    match dtype {
-        DataType::BYTES => ferrum_backend_api::bytes::decode(data)
-            .map(|items| {
-                items
-                    .into_iter()
-                    .map(|b| json!(String::from_utf8_lossy(b)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        DataType::BOOL => data.iter().map(|&b| json!(b != 0)).collect(),
-        DataType::INT8 => each!(i8, |v| json!(v)),
-        DataType::INT16 => each!(i16, |v| json!(v)),
-        DataType::INT32 => each!(i32, |v| json!(v)),
-        DataType::INT64 => each!(i64, |v| json!(v)),
-        DataType::UINT8 => each!(u8, |v| json!(v)),
-        DataType::UINT16 => each!(u16, |v| json!(v)),
-        DataType::UINT32 => each!(u32, |v| json!(v)),
-        DataType::UINT64 => each!(u64, |v| json!(v)),
-        DataType::FP32 => each!(f32, |v| json!(v)),
-        DataType::FP64 => each!(f64, |v| json!(v)),
-        _ => Vec::new(),
-    }
 }
 
 /// The responses of a request as server-sent events: each response a `data:` event, an error
