@@ -460,11 +460,22 @@ impl LiveModel {
     /// Whether this version answers from the response cache: its config enables it, the
     /// server has a cache, and it is neither decoupled, sequence-batched nor an ensemble.
     pub fn caches(&self) -> bool {
-        self.config.response_cache.is_some_and(|c| c.enable)
-            && crate::cache::global().is_some()
-            && !self.decoupled()
-            && !self.sequences
-            && self.ensemble.is_none()
+        self.config.response_cache.is_some_and(|c| c.enable) && self.cache_refusal().is_none()
+    }
+
+    /// Why the response cache cannot serve this version, if it cannot.
+    fn cache_refusal(&self) -> Option<&'static str> {
+        if crate::cache::global().is_none() {
+            Some("the server has no cache (--cache-config local,size=<bytes>)")
+        } else if self.decoupled() {
+            Some("the model is decoupled")
+        } else if self.sequences {
+            Some("the model uses the sequence batcher")
+        } else if self.ensemble.is_some() {
+            Some("it is an ensemble")
+        } else {
+            None
+        }
     }
 
     /// Says at load whether the response cache serves this version, and if not, why.
@@ -472,26 +483,19 @@ impl LiveModel {
         if !self.config.response_cache.is_some_and(|c| c.enable) {
             return;
         }
-        let why = if crate::cache::global().is_none() {
-            "the server has no cache (--cache-config local,size=<bytes>)"
-        } else if self.decoupled() {
-            "the model is decoupled"
-        } else if self.sequences {
-            "the model uses the sequence batcher"
-        } else if self.ensemble.is_some() {
-            "it is an ensemble"
-        } else {
-            self.stats
-                .caching
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(model = %self.name, version = self.version, "responses are cached");
-            return;
-        };
-        tracing::warn!(
-            model = %self.name,
-            version = self.version,
-            "response_cache is enabled but not used: {why}"
-        );
+        match self.cache_refusal() {
+            Some(why) => tracing::warn!(
+                model = %self.name,
+                version = self.version,
+                "response_cache is enabled but not used: {why}"
+            ),
+            None => {
+                self.stats
+                    .caching
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(model = %self.name, version = self.version, "responses are cached");
+            }
+        }
     }
 
     /// Why this version stopped serving (an isolated instance kept crashing), if it did.
