@@ -497,15 +497,22 @@ class InferenceRequest:
             list(parameters.items()),
         )
 
+    def _begin(self, decoupled):
+        """Starts the call: (call, None), or (None, what exec returns for a call that could
+        not start: an error response, or an iterator over it when decoupled)."""
+        try:
+            return self._start(), None
+        except RuntimeError as e:
+            failed = _error_response(e)
+            return None, (iter([failed]) if decoupled else failed)
+
     def exec(self, decoupled=False):
         """Runs this request on its model and waits (BLS). Returns the model's
         InferenceResponse (with ``has_error()`` when it failed); with ``decoupled=True`` an
         iterator over every response the model sends, as they arrive."""
-        try:
-            call = self._start()
-        except RuntimeError as e:
-            responses = iter([_error_response(e)])
-            return responses if decoupled else next(responses)
+        call, failed = self._begin(decoupled)
+        if call is None:
+            return failed
         if decoupled:
             return _ResponseIterator(call)
         return _single(_ResponseIterator(call), self._model_name)
@@ -515,11 +522,9 @@ class InferenceRequest:
         (``asyncio.gather``), and they run at the same time."""
         import asyncio
 
-        try:
-            call = self._start()
-        except RuntimeError as e:
-            responses = iter([_error_response(e)])
-            return responses if decoupled else next(responses)
+        call, failed = self._begin(decoupled)
+        if call is None:
+            return failed
         if decoupled:
             return _ResponseIterator(call)
         loop = asyncio.get_running_loop()
