@@ -364,19 +364,18 @@ async fn serve_stream(
 ) {
     let mut running = tokio::task::JoinSet::new();
     // Per open sequence: fires once the responses of its latest request were all sent.
-    let mut sequences: HashMap<String, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
+    let mut sequences: HashMap<SequenceKey, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
     loop {
         tokio::select! {
             message = incoming.message() => match message {
                 Ok(Some(message)) => {
-                    let sequence = sequence_of(&message);
                     // Queued here, in the order the client sent them (the requests of a
                     // sequence must reach its batcher in order); answered concurrently,
                     // except that a sequence's responses go out in its requests' order.
                     match start_one(&core, message) {
-                        Ok(started) => {
+                        Ok(mut started) => {
                             let (done, turn) = tokio::sync::oneshot::channel();
-                            let before = match sequence {
+                            let before = match started.sequence.take() {
                                 Some((key, false)) => sequences.insert(key, turn),
                                 Some((key, true)) => sequences.remove(&key),
                                 None => None,
@@ -406,31 +405,6 @@ async fn serve_stream(
     }
 }
 
-/// The sequence a stream request belongs to (model and correlation id), and whether it ends
-/// it.
-fn sequence_of(message: &ModelInferRequest) -> Option<(String, bool)> {
-    let id = match message
-        .parameters
-        .get("sequence_id")?
-        .parameter_choice
-        .as_ref()?
-    {
-        ParameterChoice::Int64Param(0) | ParameterChoice::Uint64Param(0) => return None,
-        ParameterChoice::Int64Param(i) => i.to_string(),
-        ParameterChoice::Uint64Param(u) => u.to_string(),
-        ParameterChoice::StringParam(s) if !s.is_empty() => format!("s:{s}"),
-        _ => return None,
-    };
-    let end = matches!(
-        message
-            .parameters
-            .get("sequence_end")
-            .and_then(|p| p.parameter_choice.as_ref()),
-        Some(ParameterChoice::BoolParam(true))
-    );
-    Some((format!("{}\0{id}", message.model_name), end))
-}
-
 /// A stream reply carrying an error.
 fn stream_error(error: &Error) -> ModelStreamInferResponse {
     ModelStreamInferResponse {
@@ -439,12 +413,26 @@ fn stream_error(error: &Error) -> ModelStreamInferResponse {
     }
 }
 
+/// A stream's sequence: the model and the correlation id.
+type SequenceKey = (String, ferrum_core::scheduler::SequenceId);
+
+/// A request of a stream, queued: its responses and how to label them.
+struct Queued {
+    /// The request's responses.
+    stream: ferrum_core::server::ResponseStream,
+    /// Whether the final flag alone is sent as an empty response.
+    empty_final: bool,
+    /// Model name, version and request id, for an empty final response.
+    labels: [String; 3],
+    /// The sequence it belongs to, and whether it ends it.
+    sequence: Option<(SequenceKey, bool)>,
+}
+
 /// Queues one request of a stream; an error comes back as the reply to send.
 fn start_one(
     core: &Core,
     message: ModelInferRequest,
-) -> Result<(ferrum_core::server::ResponseStream, bool, [String; 3]), Box<ModelStreamInferResponse>>
-{
+) -> Result<Queued, Box<ModelStreamInferResponse>> {
     let empty_final = matches!(
         message
             .parameters
@@ -452,26 +440,37 @@ fn start_one(
             .and_then(|p| p.parameter_choice.as_ref()),
         Some(ParameterChoice::BoolParam(true))
     );
-    let (model_name, model_version, id) = (
+    let labels = [
         message.model_name.clone(),
         message.model_version.clone(),
         message.id.clone(),
-    );
-    let stream = decode_request(&core.shm, message)
-        .and_then(|r| core.infer_stream(r))
+    ];
+    let request = decode_request(&core.shm, message).map_err(|e| Box::new(stream_error(&e)))?;
+    let sequence = match ferrum_core::scheduler::sequence_fields(&request) {
+        Ok((Some(id), _, end)) => Some(((request.model_name.clone(), id), end)),
+        _ => None,
+    };
+    let stream = core
+        .infer_stream(request)
         .map_err(|e| Box::new(stream_error(&e)))?;
-    Ok((stream, empty_final, [model_name, model_version, id]))
+    Ok(Queued {
+        stream,
+        empty_final,
+        labels,
+        sequence,
+    })
 }
 
 /// Sends the responses of one queued request of a stream, each marked with
 /// `triton_final_response`. The final flag alone is sent as an empty response only when the
 /// request asked for it with `triton_enable_empty_final_response`.
 async fn stream_one(
-    (mut stream, empty_final, [model_name, model_version, id]): (
-        ferrum_core::server::ResponseStream,
-        bool,
-        [String; 3],
-    ),
+    Queued {
+        mut stream,
+        empty_final,
+        labels: [model_name, model_version, id],
+        ..
+    }: Queued,
     tx: StreamSender,
     before: Option<tokio::sync::oneshot::Receiver<()>>,
     _done: tokio::sync::oneshot::Sender<()>,
