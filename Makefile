@@ -12,6 +12,9 @@ TEST_BACKENDS := target/debug/backends
 
 all: build
 
+# Further targets, one file per area (deployment, container images).
+include $(wildcard mk/*.mk)
+
 ## libtorch: fetch libtorch for the pytorch backend into the download cache (once) and point
 ## .deps/libtorch at it, where .cargo/config.toml's LIBTORCH looks; every build runs it first
 libtorch:
@@ -56,6 +59,7 @@ test-rust: test-build
 
 test-python: test-build
 	scripts/setup-python.sh
+	scripts/setup-test-tools.sh
 	.venv/bin/python -m pytest -n 2 tests/python
 
 .PHONY: test-embedding

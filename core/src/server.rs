@@ -698,7 +698,7 @@ impl Core {
         let mut lookup = Duration::ZERO;
         if let Some((cache, key)) = &cached {
             let started = Instant::now();
-            if let Some(mut response) = cache.get(key) {
+            if let Some(mut response) = cache.get(key).await {
                 let now = Instant::now();
                 model.stats.record_cache_hit(now - received, now - started);
                 response.id = request.id.clone();
@@ -722,7 +722,7 @@ impl Core {
             .ok_or_else(|| Error::internal("the backend ended the request without a response"))?;
         if let Some((cache, key)) = cached {
             let started = Instant::now();
-            cache.put(key, &response);
+            cache.put(key, &response).await;
             stats.cache_miss.add(lookup + started.elapsed());
         }
         Ok(response)

@@ -63,10 +63,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub backend_directory: Option<PathBuf>,
 
-    /// The response cache, as Triton writes it: local,size=<bytes>. Models opt in with
-    /// `response_cache { enable: true }`.
-    #[arg(long = "cache-config", value_name = "local,size=BYTES")]
-    pub cache_config: Option<String>,
+    /// The response cache, as Triton writes it: local,size=<bytes> or
+    /// redis,host=<host>,port=<port>[,password=..,db=..,ttl=<seconds>]; repeatable (one
+    /// setting per option, as tritonserver). Models opt in with `response_cache { enable: true }`.
+    #[arg(long = "cache-config", value_name = "CACHE,KEY=VALUE")]
+    pub cache_config: Vec<String>,
 
     /// Setting for a backend: <backend>,<key>=<value>. Repeatable.
     #[arg(long = "backend-config", value_name = "BACKEND,KEY=VALUE")]

@@ -51,14 +51,19 @@ async fn shutdown_signal() {
 /// Runs the server until SIGINT/SIGTERM, then lets in-flight requests finish and returns.
 pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     let backend_configs = args.backend_configs().map_err(anyhow::Error::msg)?;
-    if let Some(spec) = &args.cache_config {
-        let cache = ferrum_core::cache::ResponseCache::from_config(spec)
-            .and_then(|cache| {
-                let budget = cache.budget();
-                ferrum_core::cache::configure(cache).map(|()| budget)
-            })
+    if !args.cache_config.is_empty() {
+        let cache = ferrum_core::cache::ResponseCache::from_configs(&args.cache_config)
             .map_err(|e| anyhow::Error::msg(e.message))?;
-        tracing::info!("response cache: local, {cache} bytes");
+        tracing::info!("response cache: {}", cache.describe());
+        if let ferrum_core::cache::ResponseCache::Redis(redis) = &cache
+            && let Err(reason) = redis.ping().await
+        {
+            tracing::warn!(
+                "response cache: Redis does not answer yet ({reason}); requests run without \
+                 the cache until it does"
+            );
+        }
+        ferrum_core::cache::configure(cache).map_err(|e| anyhow::Error::msg(e.message))?;
     }
     let backend_dir = args.backend_directory();
     tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", ferrum_core::server::SERVER_VERSION);

@@ -1,12 +1,19 @@
-"""The response cache (``--cache-config local,size=<bytes>``, ``response_cache { enable:
-true }``; docs/scheduling.md): repeated identical requests are answered from the cache (the
-backend runs once; statistics and metrics agree), different inputs miss, the byte budget
-evicts the least recently used, and models the cache must not serve (decoupled) say so.
+"""The response cache (``--cache-config local,size=<bytes>`` or ``--cache-config
+redis,host=..,port=..``, ``response_cache { enable: true }``; docs/scheduling.md): repeated
+identical requests are answered from the cache (the backend runs once; statistics and metrics
+agree), different inputs miss, the byte budget evicts the least recently used, and models the
+cache must not serve (decoupled) say so. The Redis cache runs against a real ``redis-server``
+(Debian's, installed by scripts/setup-test-tools.sh) started here: entries are shared between
+servers, expire as configured, and a Redis that stops never fails a request.
 Observed with the ``testing`` fixture backend, which records every request it runs.
 """
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +23,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from ferrum_harness import backends_with_testing, start_server
+from ferrum_harness import backends_with_testing, free_port, start_server
 
 TIMEOUT = 60
 
@@ -138,8 +145,221 @@ def test_without_a_server_cache_or_for_a_decoupled_model_nothing_is_cached(tmp_p
 def test_a_bad_cache_config_stops_the_server_with_a_clear_message(tmp_path, backends):
     repo = tmp_path / "repo"
     repo.mkdir()
-    srv = start_server(repo, ["--cache-config", "redis,host=localhost"], backend_directory=backends,
-                       wait_ready=False)
-    code = srv.process.wait(timeout=TIMEOUT)
-    assert code != 0
-    assert "the cache kind is 'redis'" in srv.stdout_text() + srv.stderr_text()
+    for config, message in [
+        (["redis,host=localhost"], "give the port"),
+        (["memcached,size=1"], "the cache kind is 'memcached'"),
+        (["local,size=1", "redis,host=h,port=1"], "one cache at a time"),
+    ]:
+        args = [a for c in config for a in ("--cache-config", c)]
+        srv = start_server(repo, args, backend_directory=backends, wait_ready=False)
+        code = srv.process.wait(timeout=TIMEOUT)
+        assert code != 0
+        assert message in srv.stdout_text() + srv.stderr_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+
+class Redis:
+    """A real redis-server on a free loopback port, with no persistence."""
+
+    def __init__(self, workdir: Path, password: str | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.password = password
+        self.workdir = workdir
+        self.process = None
+        self.start()
+
+    def start(self):
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is missing: run scripts/setup-test-tools.sh"
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                if self.command("PING") in ("PONG", "NOAUTH Authentication required."):
+                    return
+            except OSError:
+                pass
+            assert self.process.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=TIMEOUT)
+
+    def command(self, *args, db: int = 0):
+        """Runs one command (after AUTH/SELECT); returns the decoded reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            f = s.makefile("rwb")
+            prefix = []
+            if self.password:
+                prefix.append(("AUTH", self.password))
+            if db:
+                prefix.append(("SELECT", str(db)))
+            for cmd in prefix + [args]:
+                f.write(f"*{len(cmd)}\r\n".encode())
+                for a in cmd:
+                    a = str(a).encode()
+                    f.write(b"$%d\r\n%s\r\n" % (len(a), a))
+            f.flush()
+            reply = None
+            for _ in range(len(prefix) + 1):
+                reply = _read_reply(f)
+            return reply
+
+
+def _read_reply(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:].decode()
+    if kind in (b"+", b"-"):
+        return rest
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        return [_read_reply(f) for _ in range(int(rest))]
+    raise AssertionError(f"unexpected reply {line!r}")
+
+
+def entry_keys(redis: Redis, db: int = 0):
+    return sorted(k.decode() for k in redis.command("KEYS", "ferrum:response:*", db=db))
+
+
+def wait_for(predicate, what):
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = Redis(tmp_path)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def redis_args(redis: Redis, *extra: str):
+    args = ["--cache-config", "redis,host=127.0.0.1", "--cache-config", f"redis,port={redis.port}"]
+    for e in extra:
+        args += ["--cache-config", f"redis,{e}"]
+    return args
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_redis_cache_hits_are_shared_between_servers(tmp_path, backends, redis, protocol):
+    repo, counts = tmp_path / "repo", tmp_path / "counts.txt"
+    write_model(repo, "cached", counts)
+    module = httpclient if protocol == "http" else grpcclient
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    first = start_server(repo, redis_args(redis), backend_directory=backends)
+    try:
+        client = module.InferenceServerClient(
+            first.http_url if protocol == "http" else first.grpc_url)
+        for _ in range(4):
+            np.testing.assert_array_equal(infer(client, module, x), x)
+        assert runs(counts) == 1
+        np.testing.assert_array_equal(infer(client, module, x * 2), x * 2)
+        assert runs(counts) == 2
+        client.close()
+        assert len(entry_keys(redis)) == 2
+        metrics = cache_metrics(first)
+        assert metrics["nv_cache_num_hits_per_model"] == 3
+        assert metrics["nv_cache_num_misses_per_model"] == 2
+        with httpclient.InferenceServerClient(first.http_url) as admin:
+            inference = admin.get_inference_statistics("cached")["model_stats"][0][
+                "inference_stats"]
+        assert int(inference["cache_hit"]["count"]) == 3
+        assert int(inference["cache_miss"]["count"]) == 2
+    finally:
+        first.stop_and_check()
+    # A second server on the same Redis answers from the entries the first one stored.
+    second = start_server(repo, redis_args(redis), backend_directory=backends)
+    try:
+        with httpclient.InferenceServerClient(second.http_url) as client:
+            np.testing.assert_array_equal(infer(client, httpclient, x), x)
+            np.testing.assert_array_equal(infer(client, httpclient, x * 2), x * 2)
+        assert runs(counts) == 2, "the second server should have hit the shared entries"
+        assert cache_metrics(second)["nv_cache_num_hits_per_model"] == 2
+    finally:
+        second.stop_and_check()
+
+
+def test_redis_entries_expire_and_use_the_password_and_database(tmp_path, backends):
+    redis = Redis(tmp_path, password="s3cret")
+    repo, counts = tmp_path / "repo", tmp_path / "counts.txt"
+    write_model(repo, "cached", counts)
+    srv = start_server(repo, redis_args(redis, "password=s3cret", "db=3", "ttl=1"),
+                       backend_directory=backends)
+    try:
+        with httpclient.InferenceServerClient(srv.http_url) as client:
+            x = np.ones((1, 3), dtype=np.float32)
+            infer(client, httpclient, x)
+            keys = entry_keys(redis, db=3)
+            assert len(keys) == 1 and entry_keys(redis, db=0) == []
+            assert 0 < redis.command("TTL", keys[0], db=3) <= 1
+            # Redis drops the entry when its second is up; the next request runs again.
+            wait_for(lambda: entry_keys(redis, db=3) == [], "the entry to expire")
+            infer(client, httpclient, x)
+            assert runs(counts) == 2
+    finally:
+        srv.stop_and_check()
+        redis.stop()
+
+
+def test_a_redis_that_stops_or_refuses_never_fails_a_request(tmp_path, backends, redis):
+    repo, counts = tmp_path / "repo", tmp_path / "counts.txt"
+    write_model(repo, "cached", counts)
+    srv = start_server(repo, redis_args(redis, "socket_timeout=200"), backend_directory=backends,
+                       log_dir=tmp_path / "logs")
+    try:
+        with httpclient.InferenceServerClient(srv.http_url) as client:
+            x = np.full((1, 5), 7.0, dtype=np.float32)
+            infer(client, httpclient, x)
+            infer(client, httpclient, x)
+            assert runs(counts) == 1
+            redis.stop()
+            # Every request still succeeds; without the cache the backend runs each time.
+            for k in range(5):
+                np.testing.assert_array_equal(infer(client, httpclient, x), x)
+            assert runs(counts) == 6
+            logs = srv.stdout_text() + srv.stderr_text()
+            assert "requests run without the cache until it answers again" in logs
+            # Redis comes back (empty): the cache fills and answers again.
+            redis.start()
+            hits_before = cache_metrics(srv)["nv_cache_num_hits_per_model"]
+
+            def hits_again():
+                infer(client, httpclient, x)
+                return cache_metrics(srv)["nv_cache_num_hits_per_model"] > hits_before
+
+            wait_for(hits_again, "the cache to answer again")
+    finally:
+        srv.stop_and_check()
+
+    # A wrong password: the server starts, warns, and serves without the cache.
+    (tmp_path / "locked").mkdir()
+    locked = Redis(tmp_path / "locked", password="right")
+    srv = start_server(repo, redis_args(locked, "password=wrong"), backend_directory=backends,
+                       log_dir=tmp_path / "logs2")
+    try:
+        with httpclient.InferenceServerClient(srv.http_url) as client:
+            before = runs(counts)
+            for _ in range(3):
+                infer(client, httpclient, x)
+            assert runs(counts) == before + 3
+        logs = srv.stdout_text() + srv.stderr_text()
+        assert "Redis does not answer yet" in logs and "WRONGPASS" in logs
+    finally:
+        srv.stop_and_check()
+        locked.stop()

@@ -1,10 +1,15 @@
-//! The response cache, as Triton defines it: `--cache-config local,size=<bytes>` gives the
-//! server a cache, and a model opts in with `response_cache { enable: true }`. A request's key
-//! covers the model, the version and every input (name, datatype, shape and bytes) and the
-//! requested outputs; only successful responses are stored, least recently used first out
-//! within the byte budget. Decoupled models, sequence-batched models and ensembles never use
-//! it (as in Triton), nor requests whose tensors travel through shared memory or that ask for
-//! classification. A full cache evicts; it never fails a request.
+//! The response cache, as Triton defines it: `--cache-config local,size=<bytes>` (an LRU in
+//! this process) or `--cache-config redis,host=<host>,port=<port>` (entries in a Redis server,
+//! shared by every server pointing at it) gives the server a cache, and a model opts in with
+//! `response_cache { enable: true }`. A request's key covers the model, the version and every
+//! input (name, datatype, shape and bytes) and the requested outputs; only successful
+//! responses are stored. Decoupled models, sequence-batched models and ensembles never use it
+//! (as in Triton), nor requests whose tensors travel through shared memory or that ask for
+//! classification. A cache that is full, slow or unreachable degrades to no cache; it never
+//! fails a request.
+
+mod codec;
+pub mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -14,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::server::{InferRequest, InferResponse, InputData};
+pub use redis::{RedisCache, RedisSettings};
 
 /// A cache key: the SHA-256 of everything that decides the response.
 pub type Key = [u8; 32];
@@ -21,8 +27,16 @@ pub type Key = [u8; 32];
 /// Bytes counted for an entry beyond its outputs' data (names, shapes, bookkeeping).
 const ENTRY_OVERHEAD: usize = 256;
 
-/// The server's response cache.
-pub struct ResponseCache {
+/// The server's response cache: local or Redis.
+pub enum ResponseCache {
+    /// An LRU in this process's memory.
+    Local(LocalCache),
+    /// Entries in a Redis server.
+    Redis(RedisCache),
+}
+
+/// A least-recently-used cache in this process, within a byte budget.
+pub struct LocalCache {
     /// Most bytes the entries may hold.
     budget: usize,
     /// The entries and their use order.
@@ -69,50 +83,106 @@ pub fn global() -> Option<&'static ResponseCache> {
 impl ResponseCache {
     /// A local cache of at most `budget` bytes.
     pub fn local(budget: usize) -> Self {
-        ResponseCache {
-            budget,
-            state: Mutex::new(Lru::default()),
-        }
+        ResponseCache::Local(LocalCache::new(budget))
     }
 
-    /// Reads Triton's `--cache-config` value: `local,size=<bytes>`.
-    pub fn from_config(spec: &str) -> Result<Self> {
-        let mut parts = spec.split(',').map(str::trim);
-        let kind = parts.next().unwrap_or_default();
-        if kind != "local" {
-            return Err(Error::invalid(format!(
-                "--cache-config '{spec}': the cache kind is '{kind}'; this server has 'local' \
-                 (local,size=<bytes>)"
-            )));
+    /// Reads Triton's `--cache-config` values. Each is `<cache>,<key>=<value>[,...]`, and
+    /// like tritonserver the option may be repeated to give one setting at a time:
+    /// `local,size=<bytes>` or `redis,host=<host>,port=<port>[,password=..,db=..,ttl=..]`.
+    pub fn from_configs<S: AsRef<str>>(specs: &[S]) -> Result<Self> {
+        let mut kind: Option<&str> = None;
+        let mut settings: Vec<(&str, &str)> = Vec::new();
+        for spec in specs {
+            let spec = spec.as_ref();
+            let mut parts = spec.split(',').map(str::trim);
+            let this = parts.next().unwrap_or_default();
+            if this != "local" && this != "redis" {
+                return Err(Error::invalid(format!(
+                    "--cache-config '{spec}': the cache kind is '{this}'; this server has                      'local' (local,size=<bytes>) and 'redis' (redis,host=<host>,port=<port>)"
+                )));
+            }
+            if let Some(other) = kind
+                && other != this
+            {
+                return Err(Error::invalid(format!(
+                    "--cache-config: one cache at a time, not both '{other}' and '{this}'"
+                )));
+            }
+            kind = Some(this);
+            for part in parts.filter(|p| !p.is_empty()) {
+                let (key, value) = part.split_once('=').ok_or_else(|| {
+                    Error::invalid(format!(
+                        "--cache-config '{spec}': '{part}' is not <key>=<value>"
+                    ))
+                })?;
+                settings.push((key.trim(), value.trim()));
+            }
         }
-        let mut size = None;
-        for part in parts {
-            match part.split_once('=') {
-                Some(("size", value)) => {
-                    size = Some(value.trim().parse::<usize>().map_err(|_| {
+        match kind {
+            Some("redis") => Ok(ResponseCache::Redis(RedisCache::new(RedisSettings::parse(
+                settings,
+            )?))),
+            _ => {
+                let mut size = None;
+                for (key, value) in settings {
+                    if key != "size" {
+                        return Err(Error::invalid(format!(
+                            "--cache-config local,{key}={value}: unknown setting '{key}' (local \
+                             takes size=<bytes>)"
+                        )));
+                    }
+                    size = Some(value.parse::<usize>().map_err(|_| {
                         Error::invalid(format!(
-                            "--cache-config '{spec}': size '{value}' is not a number of bytes"
+                            "--cache-config local,size={value}: '{value}' is not a number of bytes"
                         ))
                     })?);
                 }
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "--cache-config '{spec}': unknown setting '{part}' (local takes size=<bytes>)"
-                    )));
+                let size = size.ok_or_else(|| {
+                    Error::invalid("--cache-config local: give the size: local,size=<bytes>")
+                })?;
+                Ok(ResponseCache::local(size))
+            }
+        }
+    }
+
+    /// One line that says which cache this is, for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            ResponseCache::Local(local) => format!("local, {} bytes", local.budget),
+            ResponseCache::Redis(redis) => {
+                let s = redis.settings();
+                let ttl = s.ttl.map_or("no expiry".to_string(), |t| format!("ttl {t} s"));
+                format!("redis at {}:{} db {}, {ttl}", s.host, s.port, s.db)
+            }
+        }
+    }
+
+    /// The cached response for a key; none on a miss or when the cache cannot answer.
+    pub async fn get(&self, key: &Key) -> Option<InferResponse> {
+        match self {
+            ResponseCache::Local(local) => local.get(key),
+            ResponseCache::Redis(redis) => {
+                let value = redis.get(key).await?;
+                match codec::decode(&value) {
+                    Ok(response) => Some(response),
+                    Err(reason) => {
+                        tracing::warn!("response cache: a Redis entry is unreadable ({reason})");
+                        None
+                    }
                 }
             }
         }
-        let size = size.ok_or_else(|| {
-            Error::invalid(format!(
-                "--cache-config '{spec}': give the size: local,size=<bytes>"
-            ))
-        })?;
-        Ok(ResponseCache::local(size))
     }
 
-    /// The most bytes the cache holds.
-    pub fn budget(&self) -> usize {
-        self.budget
+    /// Stores a successful response (a failure to store is not an error).
+    pub async fn put(&self, key: Key, response: &InferResponse) {
+        if response.outputs.iter().any(|o| o.shm.is_some()) {
+            return;
+        }
+        match self {
+            ResponseCache::Local(local) => local.put(key, response),
+            ResponseCache::Redis(redis) => redis.set(&key, &codec::encode(response)).await,
+        }
     }
 
     /// The key of a request to a model version; none when the request cannot be cached
@@ -146,6 +216,22 @@ impl ResponseCache {
             field(output.as_bytes());
         }
         Some(hash.finalize().into())
+    }
+
+}
+
+impl LocalCache {
+    /// A cache of at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
+        LocalCache {
+            budget,
+            state: Mutex::new(Lru::default()),
+        }
+    }
+
+    /// The most bytes the cache holds.
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// The cached response for a key (marked as just used).
@@ -233,25 +319,35 @@ mod tests {
 
     #[test]
     fn parses_triton_s_local_config() {
-        assert_eq!(
-            ResponseCache::from_config("local,size=1048576")
+        let ResponseCache::Local(local) = ResponseCache::from_configs(&["local,size=1048576"]).unwrap()
+        else {
+            panic!("not local")
+        };
+        assert_eq!(local.budget(), 1 << 20);
+        // Triton's Redis form gives one setting per option.
+        let ResponseCache::Redis(redis) =
+            ResponseCache::from_configs(&["redis,host=127.0.0.1", "redis,port=6379", "redis,ttl=5"])
                 .unwrap()
-                .budget(),
-            1 << 20
-        );
+        else {
+            panic!("not redis")
+        };
+        assert_eq!(redis.settings().port, 6379);
+        assert_eq!(redis.settings().ttl, Some(5));
         for bad in [
             "redis,host=x",
             "local",
             "local,size=big",
             "local,size=1,ttl=3",
+            "memcached,host=x",
         ] {
-            assert!(ResponseCache::from_config(bad).is_err(), "{bad}");
+            assert!(ResponseCache::from_configs(&[bad]).is_err(), "{bad}");
         }
+        assert!(ResponseCache::from_configs(&["local,size=1", "redis,host=h,port=1"]).is_err());
     }
 
     #[test]
     fn evicts_the_least_recently_used_within_the_budget() {
-        let cache = ResponseCache::local(3 * (ENTRY_OVERHEAD + 1000 + 9));
+        let cache = LocalCache::new(3 * (ENTRY_OVERHEAD + 1000 + 9));
         for k in 0..3u8 {
             cache.put([k; 32], &response(1000));
         }
