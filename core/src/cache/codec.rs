@@ -11,7 +11,12 @@ const MAGIC: &[u8; 4] = b"FRC1";
 
 /// The stored form of a response (outputs carried in shared memory are never stored).
 pub fn encode(response: &InferResponse) -> Vec<u8> {
-    let size = 64 + response.outputs.iter().map(|o| o.data.len() + 64).sum::<usize>();
+    let size = 64
+        + response
+            .outputs
+            .iter()
+            .map(|o| o.data.len() + 64)
+            .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(MAGIC);
     text(&mut out, &response.model_name);
@@ -23,7 +28,10 @@ pub fn encode(response: &InferResponse) -> Vec<u8> {
         .filter(|p| {
             matches!(
                 p.value,
-                ParamValue::Bool(_) | ParamValue::Int(_) | ParamValue::Double(_) | ParamValue::Str(_)
+                ParamValue::Bool(_)
+                    | ParamValue::Int(_)
+                    | ParamValue::Double(_)
+                    | ParamValue::Str(_)
             )
         })
         .collect();

@@ -151,7 +151,9 @@ impl ResponseCache {
             ResponseCache::Local(local) => format!("local, {} bytes", local.budget),
             ResponseCache::Redis(redis) => {
                 let s = redis.settings();
-                let ttl = s.ttl.map_or("no expiry".to_string(), |t| format!("ttl {t} s"));
+                let ttl = s
+                    .ttl
+                    .map_or("no expiry".to_string(), |t| format!("ttl {t} s"));
                 format!("redis at {}:{} db {}, {ttl}", s.host, s.port, s.db)
             }
         }
@@ -217,7 +219,6 @@ impl ResponseCache {
         }
         Some(hash.finalize().into())
     }
-
 }
 
 impl LocalCache {
@@ -319,16 +320,19 @@ mod tests {
 
     #[test]
     fn parses_triton_s_local_config() {
-        let ResponseCache::Local(local) = ResponseCache::from_configs(&["local,size=1048576"]).unwrap()
+        let ResponseCache::Local(local) =
+            ResponseCache::from_configs(&["local,size=1048576"]).unwrap()
         else {
             panic!("not local")
         };
         assert_eq!(local.budget(), 1 << 20);
         // Triton's Redis form gives one setting per option.
-        let ResponseCache::Redis(redis) =
-            ResponseCache::from_configs(&["redis,host=127.0.0.1", "redis,port=6379", "redis,ttl=5"])
-                .unwrap()
-        else {
+        let ResponseCache::Redis(redis) = ResponseCache::from_configs(&[
+            "redis,host=127.0.0.1",
+            "redis,port=6379",
+            "redis,ttl=5",
+        ])
+        .unwrap() else {
             panic!("not redis")
         };
         assert_eq!(redis.settings().port, 6379);

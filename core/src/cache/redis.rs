@@ -262,10 +262,11 @@ impl RedisCache {
     /// Opens a connection, authenticating and selecting the database when configured.
     async fn connect(&self) -> std::result::Result<Connection, Failure> {
         let address = (self.settings.host.as_str(), self.settings.port);
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let stream =
+            tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(address))
+                .await
+                .map_err(|_| "connecting timed out".to_string())?
+                .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = stream.set_nodelay(true);
         let mut connection = Connection {
             stream: BufReader::new(stream),
@@ -361,7 +362,9 @@ async fn read_reply(stream: &mut BufReader<TcpStream>) -> std::result::Result<Re
             }
             let len = len as usize;
             if len > MAX_VALUE {
-                return Err(format!("a {len}-byte value is larger than this cache reads"));
+                return Err(format!(
+                    "a {len}-byte value is larger than this cache reads"
+                ));
             }
             let mut value = vec![0u8; len + 2];
             stream
@@ -421,8 +424,9 @@ mod tests {
             .unwrap()
             .port();
         let port = port.to_string();
-        let cache =
-            RedisCache::new(RedisSettings::parse([("host", "127.0.0.1"), ("port", &*port)]).unwrap());
+        let cache = RedisCache::new(
+            RedisSettings::parse([("host", "127.0.0.1"), ("port", &*port)]).unwrap(),
+        );
         assert!(cache.get(&[1; 32]).await.is_none());
         cache.set(&[1; 32], b"x").await;
         assert!(cache.down_until.lock().is_some());
