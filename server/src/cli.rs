@@ -31,6 +31,16 @@ impl From<ControlModeArg> for ControlMode {
     }
 }
 
+/// The `--rate-limit` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitArg {
+    /// Instances execute whenever they have work.
+    Off,
+    /// Executions wait for their instance's rate limiter resources.
+    #[value(name = "execution_count")]
+    ExecutionCount,
+}
+
 /// Ferrum: an inference server that speaks Triton's HTTP/gRPC protocol and loads backends as plugins.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ferrum", version, about)]
@@ -68,6 +78,16 @@ pub struct Args {
     /// setting per option, as tritonserver). Models opt in with `response_cache { enable: true }`.
     #[arg(long = "cache-config", value_name = "CACHE,KEY=VALUE")]
     pub cache_config: Vec<String>,
+
+    /// The rate limiter, as tritonserver: `off` (default) or `execution_count` (an instance
+    /// executes only when the resources its instance_group's rate_limiter lists are free).
+    #[arg(long = "rate-limit", value_enum, default_value_t = RateLimitArg::Off, value_name = "MODE")]
+    pub rate_limit: RateLimitArg,
+
+    /// Copies of a rate limiter resource: <name>:<count>[:<device>]; repeatable. Without it a
+    /// resource has as many copies as the most any one instance asks for.
+    #[arg(long = "rate-limit-resource", value_name = "NAME:COUNT[:DEVICE]")]
+    pub rate_limit_resource: Vec<String>,
 
     /// Setting for a backend: <backend>,<key>=<value>. Repeatable.
     #[arg(long = "backend-config", value_name = "BACKEND,KEY=VALUE")]

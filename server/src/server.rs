@@ -65,6 +65,16 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
         }
         ferrum_core::cache::configure(cache).map_err(|e| anyhow::Error::msg(e.message))?;
     }
+    if args.rate_limit == crate::cli::RateLimitArg::ExecutionCount {
+        let limiter =
+            ferrum_core::scheduler::rate_limiter::RateLimiter::new(&args.rate_limit_resource)
+                .map_err(|e| anyhow::Error::msg(e.message))?;
+        ferrum_core::scheduler::rate_limiter::configure(limiter)
+            .map_err(|e| anyhow::Error::msg(e.message))?;
+        tracing::info!("rate limiter: execution_count");
+    } else if !args.rate_limit_resource.is_empty() {
+        tracing::warn!("--rate-limit-resource has no effect without --rate-limit execution_count");
+    }
     let backend_dir = args.backend_directory();
     tracing::info!(backend_directory = %backend_dir.display(), "starting ferrum {}", ferrum_core::server::SERVER_VERSION);
     let core = CoreBuilder::new(args.model_repository.clone())

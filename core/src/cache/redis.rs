@@ -208,10 +208,10 @@ impl RedisCache {
 
     /// Runs one command on a pooled connection; a failure drops the connection and backs off.
     async fn run(&self, args: &[&[u8]]) -> std::result::Result<Reply, Failure> {
-        if let Some(until) = *self.down_until.lock() {
-            if Instant::now() < until {
-                return Err("Redis is backing off after a failure".into());
-            }
+        if let Some(until) = *self.down_until.lock()
+            && Instant::now() < until
+        {
+            return Err("Redis is backing off after a failure".into());
         }
         let Ok(Ok(_permit)) =
             tokio::time::timeout(self.settings.wait_timeout, self.permits.acquire()).await

@@ -411,6 +411,26 @@ impl Batches {
         }
     }
 
+    /// A batch the policy cuts right now, without waiting; none when it would have to wait.
+    /// Call [`Batches::finished`] after running it.
+    pub fn next_now(&self) -> Option<Vec<Work>> {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        let now = Instant::now();
+        if state.next_reject.is_some_and(|t| t <= now) {
+            shared.expire(&mut state, now);
+        }
+        match shared.decide(&mut state, now) {
+            Decision::Run(batch) => {
+                state.executing += 1;
+                drop(state);
+                Some(batch.into_iter().map(|p| shared.work(p)).collect())
+            }
+            // Nothing was taken; a waiting instance sees the same queues.
+            Decision::WaitUntil(_) | Decision::Idle => None,
+        }
+    }
+
     /// Tells the batcher the instance finished a batch it was given.
     pub fn finished(&self) {
         let mut state = self.shared.state.lock();

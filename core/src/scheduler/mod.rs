@@ -13,6 +13,7 @@
 
 mod channel;
 mod dynamic_batcher;
+pub mod rate_limiter;
 mod request;
 mod responder;
 mod sequence;
@@ -156,13 +157,15 @@ impl Scheduler {
                 (Entry::Batched(handle), Source::Batched(batches))
             }
         };
+        let mut limits = rate_limiter::instance_limits(config)?.into_iter();
         let mut threads = Vec::with_capacity(instances.len());
         for (index, (name, instance)) in instances.into_iter().enumerate() {
             let source = source.clone();
             let shared = Arc::clone(&shared);
+            let limit = limits.next().flatten();
             let thread = std::thread::Builder::new()
                 .name(format!("ferrum-{name}"))
-                .spawn(move || run_instance(instance, index, source, shared))
+                .spawn(move || run_instance(instance, index, source, shared, limit))
                 .map_err(|e| {
                     Error::internal(format!("cannot start a thread for model '{model}': {e}"))
                 })?;
@@ -231,26 +234,88 @@ fn run_instance(
     index: usize,
     source: Source,
     shared: Arc<InstanceShared>,
+    limit: Option<Arc<rate_limiter::InstanceLimit>>,
 ) {
+    let Some(limit) = limit else {
+        match source {
+            Source::Direct(queue, waiting) => {
+                while let Ok(work) = queue.recv() {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    execute(&mut instance, vec![work], &shared);
+                }
+            }
+            Source::Batched(batches) => {
+                while let Some(batch) = batches.next() {
+                    execute(&mut instance, batch, &shared);
+                    batches.finished();
+                }
+            }
+            Source::Sequence(batches) => {
+                while let Some(batch) = batches.next(index) {
+                    execute(&mut instance, batch, &shared);
+                }
+            }
+        }
+        return;
+    };
+    // With the rate limiter on, each execution first takes the instance's resources. An
+    // instance that finds more work at once gives them back and queues again in one step (so
+    // that priorities weigh it against the other waiters); before it blocks waiting for work
+    // it gives them back.
+    let limit = &*limit;
+    let mut grant = None;
     match source {
-        Source::Direct(queue, waiting) => {
-            while let Ok(work) = queue.recv() {
-                waiting.fetch_sub(1, Ordering::AcqRel);
-                execute(&mut instance, vec![work], &shared);
-            }
-        }
-        Source::Batched(batches) => {
-            while let Some(batch) = batches.next() {
-                execute(&mut instance, batch, &shared);
-                batches.finished();
-            }
-        }
+        Source::Direct(queue, waiting) => loop {
+            let work = match queue.try_recv() {
+                Ok(work) => work,
+                Err(_) => {
+                    grant = None;
+                    match queue.recv() {
+                        Ok(work) => work,
+                        Err(_) => break,
+                    }
+                }
+            };
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            next_turn(limit, &mut grant);
+            execute(&mut instance, vec![work], &shared);
+        },
+        Source::Batched(batches) => loop {
+            let batch = match batches.next_now() {
+                Some(batch) => batch,
+                None => {
+                    grant = None;
+                    match batches.next() {
+                        Some(batch) => batch,
+                        None => break,
+                    }
+                }
+            };
+            next_turn(limit, &mut grant);
+            execute(&mut instance, batch, &shared);
+            batches.finished();
+        },
+        // A sequence batch comes when its sequences have requests; the resources go back
+        // after each execution.
         Source::Sequence(batches) => {
             while let Some(batch) = batches.next(index) {
+                let _held = limit.acquire();
                 execute(&mut instance, batch, &shared);
             }
         }
     }
+}
+
+/// Takes the instance's rate limiter resources for its next execution: renewing the ones it
+/// holds, or waiting for them.
+fn next_turn<'a>(
+    limit: &'a rate_limiter::InstanceLimit,
+    grant: &mut Option<rate_limiter::Grant<'a>>,
+) {
+    *grant = Some(match grant.take() {
+        Some(held) => held.renew(),
+        None => limit.acquire(),
+    });
 }
 
 /// Executes a batch of whole requests. Requests the client cancelled while they waited, and
