@@ -20,22 +20,24 @@ include $(wildcard mk/*.mk)
 libtorch:
 	scripts/fetch-libtorch.sh >/dev/null
 
-# TorchScript models traced with Python torch (not in git): the example MLP of
-# model_repository/ and the test models. Remade only when their generator or the pinned torch
-# changed. The generator runs in .venv, which scripts/setup-python.sh brings up to date first.
+# TorchScript test models traced with Python torch (not in git), for the tests only: `make run`
+# needs no Python torch (the example model_repository/pytorch_mlp/1/model.pt, 17 KB, is in
+# git; the generator also writes a fresh copy under target/torch-models/ that
+# tests/python/test_pytorch.py compares it with). Remade only when their generator or the
+# pinned torch changed. The generator runs in .venv, which scripts/setup-python.sh brings up
+# to date first.
 TORCH_MODEL_GEN := scripts/make-torch-models.py
-TORCH_MODELS := model_repository/pytorch_mlp/1/model.pt tests/models/pytorch/.generated
+TORCH_MODELS := tests/models/pytorch/.generated target/torch-models/pytorch_mlp/1/model.pt
 
 $(TORCH_MODELS) &: $(TORCH_MODEL_GEN) tests/python/requirements-torch.txt
 	scripts/setup-python.sh
-	.venv/bin/python $(TORCH_MODEL_GEN) model_repository tests/models/pytorch
-	touch tests/models/pytorch/.generated
+	.venv/bin/python $(TORCH_MODEL_GEN) target/torch-models tests/models/pytorch
+	touch $(TORCH_MODELS)
 
 ## build: release build, laid out as the relocatable install tree dist/
 build: libtorch
 	$(CARGO) build --release --workspace
 	scripts/layout.sh target/release dist
-	$(MAKE) --no-print-directory $(TORCH_MODELS)
 
 ## run: build and serve model_repository/ on 8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 run: build

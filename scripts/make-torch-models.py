@@ -3,10 +3,11 @@
 
     .venv/bin/python scripts/make-torch-models.py model_repository tests/models/pytorch
 
-Writes ``<repository>/pytorch_mlp/1/model.pt`` (its config.pbtxt is in git) and, under the
-tests folder, one model folder per test model with its config.pbtxt and its model file. The
-files are not in git: ``make build`` and ``make test-build`` run this script at setup, again
-only when it (or the pinned torch) changed.
+Writes ``<repository>/pytorch_mlp/1/model.pt`` and, under the tests folder, one model folder
+per test model with its config.pbtxt and its model file. ``make test-build`` runs it (again
+only when it or the pinned torch changed) with ``target/torch-models`` as the repository: the
+example in ``model_repository/pytorch_mlp/1/model.pt`` is kept in git, so that serving it needs
+no Python torch, and the tests check that a fresh trace computes the same.
 
 Models are traced (``torch.jit.trace``) where tracing records everything they do, and
 scripted (``torch.jit.script``) where it cannot: an assertion on the data, an optional input.

@@ -187,7 +187,7 @@ def _require(name: str) -> None:
     if not (backend_dir() / backend).is_dir():
         pytest.fail(f"no {backend} backend in {backend_dir()}; run `make test-build`", pytrace=False)
     if name == "pytorch_mlp" and not (REPO / "pytorch_mlp" / "1" / "model.pt").is_file():
-        pytest.fail("model_repository/pytorch_mlp/1/model.pt is missing; run `make test-build`",
+        pytest.fail("model_repository/pytorch_mlp/1/model.pt is missing (it is in git)",
                     pytrace=False)
 
 

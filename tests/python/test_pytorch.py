@@ -1,7 +1,9 @@
 """The pytorch backend (TorchScript through libtorch) over HTTP and gRPC.
 
 The models are made with Python torch by ``scripts/make-torch-models.py`` (``make test-build``
-runs it): ``model_repository/pytorch_mlp`` and the test models in ``tests/models/pytorch``.
+runs it): the test models in ``tests/models/pytorch``, and a fresh ``pytorch_mlp`` under
+``target/torch-models`` that must compute what the copy in git (``model_repository/pytorch_mlp``,
+served by ``make run`` without Python torch) computes.
 Every output the server returns is compared with the same model file run by Python torch
 (``torch.jit.load(path)(*inputs)``, the same torch version as the plugin's libtorch) on the
 same inputs: exact for integers and booleans, and for float inputs chosen so that the
@@ -240,6 +242,22 @@ def test_reference_torch_is_the_plugins_libtorch():
 
 
 # -------------------------------------------------------------------------- the MLP
+
+
+def test_the_mlp_in_git_is_what_the_generator_makes():
+    """model_repository/pytorch_mlp/1/model.pt is kept in git so that `make run` needs no
+    Python torch; a fresh trace by scripts/make-torch-models.py must compute the same."""
+    fresh = REPO_ROOT / "target" / "torch-models" / "pytorch_mlp" / "1" / "model.pt"
+    assert fresh.is_file(), f"{fresh} is missing: run `make test-build`"
+    shipped = torch.jit.load(str(MLP_DIR / "1" / "model.pt"))
+    made = torch.jit.load(str(fresh))
+    x = torch.linspace(-3.0, 3.0, 7 * 32).reshape(7, 32)
+    assert torch.equal(shipped(x), made(x))
+    names = lambda m: sorted(n for n, _ in m.named_parameters())  # noqa: E731
+    assert names(shipped) == names(made)
+    for (_, a), (_, b) in zip(sorted(shipped.named_parameters()), sorted(made.named_parameters())):
+        assert torch.equal(a, b)
+
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
