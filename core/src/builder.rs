@@ -164,12 +164,17 @@ impl CoreBuilder {
                 ))
             })?,
         );
-        let models = Arc::new(ModelManager::new(
-            plugins,
-            self.repositories.clone(),
-            self.auto_complete,
-            self.queue_limit,
-        ));
+        // Object-store repositories are served from local mirrors.
+        let mirrors = crate::repository::Mirrors::open(&self.repositories, self.control_mode)?;
+        let models = Arc::new(
+            ModelManager::new(
+                plugins,
+                self.repositories.clone(),
+                self.auto_complete,
+                self.queue_limit,
+            )
+            .with_mirrors(mirrors),
+        );
         let tracer = Arc::new(Tracer::with_exporter(
             self.trace_settings,
             self.span_exporter,

@@ -45,12 +45,14 @@ pub enum RateLimitArg {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ferrum", version, about)]
 pub struct Args {
-    /// Model repository folder; repeat for several repositories.
+    /// Model repository: a folder, or an object store as s3://bucket/path,
+    /// s3://host:port/bucket/path or s3://https://host:port/bucket/path (mirrored into a local
+    /// cache; see docs/model-management.md). Repeat for several repositories.
     #[arg(
         long = "model-repository",
         alias = "model-store",
         required = true,
-        value_name = "DIR"
+        value_name = "DIR|S3_URL"
     )]
     pub model_repository: Vec<PathBuf>,
 

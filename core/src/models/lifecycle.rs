@@ -28,12 +28,25 @@ impl LoadOverride {
     pub fn add(&mut self, key: &str, value: LoadValue) -> Result<()> {
         match (key, value) {
             ("config", LoadValue::Text(json)) => {
-                self.config = Some(config::parse_json(&json).map_err(|e| {
+                let config = config::parse_json(&json).map_err(|e| {
                     Error::invalid(format!(
                         "the 'config' parameter is not a valid model config: {}",
                         e.message
                     ))
-                })?);
+                })?;
+                // The model files it names stay inside the version folder.
+                let named = std::iter::once(&config.default_model_filename)
+                    .chain(config.cc_model_filenames.values())
+                    .filter(|f| !f.is_empty());
+                for file in named {
+                    if safe_relative_path(file).is_err() {
+                        return Err(Error::invalid(format!(
+                            "the 'config' parameter names model file '{file}', which must be a \
+                             relative path inside the version folder (no '..', no absolute path)"
+                        )));
+                    }
+                }
+                self.config = Some(config);
             }
             ("config", LoadValue::Bytes(_)) => {
                 return Err(Error::invalid(
@@ -144,10 +157,25 @@ fn safe_relative_path(path: &str) -> Result<PathBuf> {
     Ok(candidate.to_path_buf())
 }
 
+/// Checks a model name that becomes a folder name (the upload folder of a load with `file:`
+/// parameters): one path component, so that the files stay inside the upload folder.
+fn safe_model_name(name: &str) -> Result<&str> {
+    let mut components = Path::new(name).components();
+    let single =
+        matches!(components.next(), Some(Component::Normal(_))) && components.next().is_none();
+    if !single || name.contains(['/', '\\', '\0']) {
+        return Err(Error::invalid(format!(
+            "model name '{name}' cannot name a folder: it must be one path component (no '/', no '..')"
+        )));
+    }
+    Ok(name)
+}
+
 impl ModelManager {
     /// Loads the models a control mode starts with: every model in the repositories, or in
     /// explicit mode the ones named (`*` for all). Blocking: run it off the async runtime.
     pub fn load_startup(&self, explicit: Option<&[String]>) -> Result<()> {
+        self.mirrors.sync_startup(explicit)?;
         let scan = repository::scan(&self.repositories)?;
         for (name, error) in &scan.conflicts {
             tracing::error!(model = %name, "{}", error.message);
@@ -181,13 +209,14 @@ impl ModelManager {
             let config = over.config.ok_or_else(|| {
                 Error::invalid("file parameters need a 'config' parameter describing the model")
             })?;
+            let folder = safe_model_name(name)?;
             let temp = tempfile::Builder::new()
                 .prefix("ferrum-upload-")
                 .tempdir()
                 .map_err(|e| {
                     Error::internal(format!("cannot create a folder for uploaded files: {e}"))
                 })?;
-            let dir = temp.path().join(name);
+            let dir = temp.path().join(folder);
             for (path, contents) in &over.files {
                 let target = dir.join(safe_relative_path(path)?);
                 if let Some(parent) = target.parent() {
@@ -205,6 +234,7 @@ impl ModelManager {
             }
             return self.load_dir(name, &dir, Some(config), Some(Arc::new(temp)));
         }
+        self.mirrors.fetch_model(name)?;
         let dir = self.find_in_repositories(name)?;
         self.load_dir(name, &dir, over.config, None)
     }
@@ -265,6 +295,7 @@ impl ModelManager {
     /// unloads removed ones. Unchanged models are not touched. Blocking.
     pub fn poll(&self) -> Result<()> {
         let _lifecycle = self.lifecycle.lock();
+        self.mirrors.refresh();
         let scan = repository::scan(&self.repositories)?;
         for dir in &scan.models {
             let fingerprint = repository::fingerprint(&dir.path);
@@ -290,9 +321,9 @@ impl ModelManager {
             .collect();
         for name in removed {
             tracing::info!(model = %name, "model folder removed; unloading");
+            // Through write_table, so that the routing snapshot drops the model too.
             let taken = self
-                .models
-                .write()
+                .write_table()
                 .remove(&name)
                 .map(|r| r.versions)
                 .unwrap_or_default();
@@ -323,6 +354,9 @@ impl ModelManager {
             for member in super::members(config) {
                 if member == ensemble || self.get(&member, None).is_ok() {
                     continue;
+                }
+                if let Err(e) = self.mirrors.fetch_model(&member) {
+                    tracing::error!(model = ensemble, "member '{member}': {}", e.message);
                 }
                 match self.find_in_repositories(&member) {
                     Ok(dir) => {
@@ -643,7 +677,52 @@ impl ModelManager {
 
 #[cfg(test)]
 mod tests {
-    use super::{LoadOverride, RepositoryParameter, check_unload_parameters, safe_relative_path};
+    use super::{
+        LoadOverride, RepositoryParameter, check_unload_parameters, safe_model_name,
+        safe_relative_path,
+    };
+
+    #[test]
+    fn a_config_override_names_model_files_inside_the_version_folder() {
+        let config = |file: &str| {
+            let json =
+                format!(r#"{{"backend": "onnxruntime", "default_model_filename": "{file}"}}"#);
+            LoadOverride::from_parameters([("config".to_string(), RepositoryParameter::Text(json))])
+        };
+        assert!(config("model.onnx").is_ok());
+        assert!(config("").is_ok());
+        for bad in ["../../etc/passwd", "/tmp/model.py"] {
+            let e = config(bad).unwrap_err();
+            assert!(
+                e.message.contains("inside the version folder"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        let json = r#"{"backend": "onnxruntime", "cc_model_filenames": {"7.5": "../x.plan"}}"#;
+        let e = LoadOverride::from_parameters([(
+            "config".to_string(),
+            RepositoryParameter::Text(json.to_string()),
+        )])
+        .unwrap_err();
+        assert!(e.message.contains("'../x.plan'"), "{}", e.message);
+    }
+
+    #[test]
+    fn uploaded_models_stay_inside_their_upload_folder() {
+        assert_eq!(safe_model_name("simple").unwrap(), "simple");
+        assert!(safe_model_name("my.model-v2").is_ok());
+        for bad in [
+            "", ".", "..", "../x", "a/b", "/tmp/x", "a\\..\\b", "a\0b", "x/..",
+        ] {
+            let e = safe_model_name(bad).unwrap_err();
+            assert!(
+                e.message.contains("one path component"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+    }
 
     #[test]
     fn file_paths_stay_inside_the_model_folder() {

@@ -160,8 +160,10 @@ impl Drop for TableWrite<'_> {
 pub struct ModelManager {
     /// Backend libraries.
     plugins: Arc<Plugins>,
-    /// The repositories to serve.
+    /// The repositories to serve, as local folders (an object store's mirror folder).
     repositories: Vec<PathBuf>,
+    /// The object-store repositories' mirrors, synced before scans.
+    mirrors: crate::repository::Mirrors,
     /// Whether backends may complete configs from model files.
     auto_complete: bool,
     /// Bound of each version's queue where its config sets none.
@@ -193,6 +195,7 @@ impl ModelManager {
         ModelManager {
             plugins,
             repositories,
+            mirrors: Default::default(),
             auto_complete,
             queue_limit,
             models: RwLock::new(BTreeMap::new()),
@@ -203,6 +206,14 @@ impl ModelManager {
             stats: Default::default(),
             sequences: Default::default(),
         }
+    }
+
+    /// Serves object-store repositories through their mirrors: the manager scans the
+    /// mirrors' local folders, and syncs them before each scan and explicit load.
+    pub fn with_mirrors(mut self, mirrors: crate::repository::Mirrors) -> Self {
+        self.repositories = mirrors.local_paths();
+        self.mirrors = mirrors;
+        self
     }
 
     /// The routing table, held for writing.

@@ -2,6 +2,8 @@
 //! and the version policy that picks which versions to serve.
 
 mod fingerprint;
+pub mod mirror;
+pub mod s3;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -11,6 +13,8 @@ use crate::config::{ModelConfig, ModelVersionPolicy};
 use crate::error::{Error, Result};
 use crate::proto::inference::model_version_policy::PolicyChoice;
 pub use fingerprint::{Fingerprint, fingerprint};
+pub use mirror::Mirrors;
+pub use s3::is_s3;
 
 /// How the server follows changes to the model repository.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

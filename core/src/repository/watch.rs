@@ -32,11 +32,20 @@ pub fn spawn_detector(
             tracing::info!("polling the model repository every {poll_every:?}");
             tokio::spawn(tick(tx, poll_every));
         }
+        // Object stores send no file events: in watch mode they are polled every
+        // `poll_every`, by the safety-net rescan (or by a timer when nothing else is watched).
+        ControlMode::Watch if repositories.iter().all(|r| super::is_s3(r)) => {
+            tracing::info!("{}", object_store_note(poll_every));
+            tokio::spawn(tick(tx, poll_every));
+        }
         ControlMode::Watch => match start_watcher(&repositories) {
             Ok((watcher, events)) => {
                 tracing::info!(
                     "watching the model repository for changes (safety-net rescan every {poll_every:?})"
                 );
+                if repositories.iter().any(|r| super::is_s3(r)) {
+                    tracing::info!("{}", object_store_note(poll_every));
+                }
                 tokio::spawn(debounce(watcher, events, tx, poll_every));
             }
             Err(e) => {
@@ -48,6 +57,14 @@ pub fn spawn_detector(
         },
     }
     Some(rx)
+}
+
+/// What watch mode does with object-store repositories, for the log.
+fn object_store_note(poll_every: Duration) -> String {
+    format!(
+        "watch mode: object-store repositories send no file events; they are polled every \
+         {poll_every:?} (--repository-poll-secs)"
+    )
 }
 
 async fn tick(tx: mpsc::Sender<()>, every: Duration) {
@@ -85,7 +102,7 @@ fn start_watcher(repositories: &[PathBuf]) -> notify::Result<(notify::Recommende
                 let _ = events_tx.send(());
             }
         })?;
-    for repo in repositories {
+    for repo in repositories.iter().filter(|r| !super::is_s3(r)) {
         watcher.watch(repo, RecursiveMode::Recursive)?;
     }
     Ok((watcher, events_rx))
