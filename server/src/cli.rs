@@ -233,6 +233,63 @@ pub struct Args {
     /// closes the connection.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
     pub grpc_keepalive_timeout: u64,
+
+    /// Serve gRPC over TLS (tritonserver's flag); needs --grpc-server-cert and --grpc-server-key.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub grpc_use_ssl: bool,
+
+    /// Serve gRPC over mutual TLS: a client must present a certificate signed by
+    /// --grpc-root-cert or its handshake is refused. Implies --grpc-use-ssl.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub grpc_use_ssl_mutual: bool,
+
+    /// PEM certificate chain the gRPC port presents; reloaded when the file changes.
+    #[arg(long, value_name = "PATH")]
+    pub grpc_server_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-server-cert; reloaded when the file changes.
+    #[arg(long, value_name = "PATH")]
+    pub grpc_server_key: Option<PathBuf>,
+
+    /// PEM CA certificates that sign gRPC clients' certificates (used with --grpc-use-ssl-mutual).
+    #[arg(long, value_name = "PATH")]
+    pub grpc_root_cert: Option<PathBuf>,
+
+    /// Serve HTTP over TLS (HTTPS); needs --http-server-cert and --http-server-key (Ferrum only,
+    /// spelled as the gRPC flags). The metrics port stays plain HTTP.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub http_use_ssl: bool,
+
+    /// Serve HTTP over mutual TLS: a client must present a certificate signed by
+    /// --http-root-cert or its handshake is refused. Implies --http-use-ssl.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub http_use_ssl_mutual: bool,
+
+    /// PEM certificate chain the HTTP port presents; reloaded when the file changes.
+    #[arg(long, value_name = "PATH")]
+    pub http_server_cert: Option<PathBuf>,
+
+    /// PEM private key of --http-server-cert; reloaded when the file changes.
+    #[arg(long, value_name = "PATH")]
+    pub http_server_key: Option<PathBuf>,
+
+    /// PEM CA certificates that sign HTTP clients' certificates (used with --http-use-ssl-mutual).
+    #[arg(long, value_name = "PATH")]
+    pub http_root_cert: Option<PathBuf>,
+
+    /// Restrict HTTP API groups to requests with header KEY: VALUE (tritonserver's flag);
+    /// others get 403. Groups: health, metadata, inference, shared-memory, model-config,
+    /// model-repository, statistics, trace, logging. Repeatable, a group in one flag only.
+    #[arg(long = "http-restricted-api", value_name = "API[,API...]:KEY=VALUE")]
+    pub http_restricted_api: Vec<String>,
+
+    /// Restrict gRPC API groups to calls with metadata triton-grpc-protocol-KEY: VALUE
+    /// (tritonserver's flag); others get UNAVAILABLE. Groups as --http-restricted-api.
+    #[arg(
+        long = "grpc-restricted-protocol",
+        value_name = "PROTOCOL[,PROTOCOL...]:KEY=VALUE"
+    )]
+    pub grpc_restricted_protocol: Vec<String>,
 }
 
 /// The default of `--http-max-connections` and `--grpc-max-connections`.
@@ -349,5 +406,160 @@ impl Args {
             }
         }
         Ok(settings)
+    }
+}
+
+impl Args {
+    /// The HTTP port's TLS files (`--http-use-ssl*`, `--http-server-*`, `--http-root-cert`).
+    pub fn http_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        crate::tls::TlsFiles::from_flags(
+            "http",
+            self.http_use_ssl,
+            self.http_use_ssl_mutual,
+            self.http_server_cert.as_deref(),
+            self.http_server_key.as_deref(),
+            self.http_root_cert.as_deref(),
+        )
+    }
+
+    /// The gRPC port's TLS files (`--grpc-use-ssl*`, `--grpc-server-*`, `--grpc-root-cert`).
+    pub fn grpc_tls(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        crate::tls::TlsFiles::from_flags(
+            "grpc",
+            self.grpc_use_ssl,
+            self.grpc_use_ssl_mutual,
+            self.grpc_server_cert.as_deref(),
+            self.grpc_server_key.as_deref(),
+            self.grpc_root_cert.as_deref(),
+        )
+    }
+
+    /// The HTTP restrictions of `--http-restricted-api`.
+    pub fn http_restrictions(&self) -> Result<crate::restricted::Restrictions, String> {
+        crate::restricted::Restrictions::parse(
+            "--http-restricted-api",
+            "",
+            &self.http_restricted_api,
+        )
+    }
+
+    /// The gRPC restrictions of `--grpc-restricted-protocol`.
+    pub fn grpc_restrictions(&self) -> Result<crate::restricted::Restrictions, String> {
+        crate::restricted::Restrictions::parse(
+            "--grpc-restricted-protocol",
+            crate::restricted::GRPC_KEY_PREFIX,
+            &self.grpc_restricted_protocol,
+        )
+    }
+}
+
+#[cfg(test)]
+mod security_flag_tests {
+    use super::*;
+    use crate::restricted::ApiGroup;
+    use std::path::Path;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["ferrum", "--model-repository", "/models"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn tls_is_off_by_default() {
+        let a = args(&[]);
+        assert_eq!(a.http_tls(), Ok(None));
+        assert_eq!(a.grpc_tls(), Ok(None));
+        assert!(a.http_restrictions().unwrap().is_empty());
+        assert!(a.grpc_restrictions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ssl_switches_take_a_value_or_stand_alone() {
+        let tls = ["--grpc-server-cert", "c.pem", "--grpc-server-key", "k.pem"];
+        for switch in [
+            &["--grpc-use-ssl"][..],
+            &["--grpc-use-ssl", "true"],
+            &["--grpc-use-ssl=true"],
+        ] {
+            let mut flags = switch.to_vec();
+            flags.extend_from_slice(&tls);
+            let files = args(&flags).grpc_tls().unwrap().unwrap();
+            assert_eq!(files.cert, Path::new("c.pem"), "{switch:?}");
+            assert_eq!(files.key, Path::new("k.pem"));
+            assert_eq!(files.client_ca, None);
+        }
+        let mut flags = vec!["--grpc-use-ssl", "false"];
+        flags.extend_from_slice(&tls);
+        assert_eq!(args(&flags).grpc_tls(), Ok(None));
+        assert!(
+            Args::try_parse_from([
+                "ferrum",
+                "--model-repository",
+                "m",
+                "--http-use-ssl",
+                "maybe"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn mutual_tls_flags_need_the_root_certificate() {
+        let a = args(&[
+            "--http-use-ssl-mutual",
+            "--http-server-cert",
+            "c.pem",
+            "--http-server-key",
+            "k.pem",
+        ]);
+        let e = a.http_tls().unwrap_err();
+        assert!(
+            e.contains("--http-use-ssl-mutual needs --http-root-cert"),
+            "{e}"
+        );
+        assert_eq!(a.grpc_tls(), Ok(None), "HTTP flags leave gRPC alone");
+        let a = args(&[
+            "--http-use-ssl-mutual=true",
+            "--http-server-cert",
+            "c.pem",
+            "--http-server-key",
+            "k.pem",
+            "--http-root-cert",
+            "ca.pem",
+        ]);
+        let files = a.http_tls().unwrap().unwrap();
+        assert_eq!(files.client_ca.as_deref(), Some(Path::new("ca.pem")));
+    }
+
+    #[test]
+    fn restriction_flags_repeat_and_prefix_grpc_keys() {
+        let a = args(&[
+            "--http-restricted-api",
+            "model-repository,shared-memory:admin-key=admin-value",
+            "--http-restricted-api=inference:infer-key=infer-value",
+            "--grpc-restricted-protocol",
+            "inference:infer-key=infer-value",
+        ]);
+        let http = a.http_restrictions().unwrap();
+        assert_eq!(
+            http.get(ApiGroup::SharedMemory).unwrap().header,
+            "admin-key"
+        );
+        assert_eq!(http.get(ApiGroup::Inference).unwrap().value, "infer-value");
+        assert_eq!(http.get(ApiGroup::Health), None);
+        let grpc = a.grpc_restrictions().unwrap();
+        assert_eq!(
+            grpc.get(ApiGroup::Inference).unwrap().header,
+            "triton-grpc-protocol-infer-key"
+        );
+        assert_eq!(grpc.get(ApiGroup::ModelRepository), None);
+        let bad = args(&[
+            "--grpc-restricted-protocol",
+            "inference:k=v",
+            "--grpc-restricted-protocol",
+            "inference:j=w",
+        ]);
+        assert!(bad.grpc_restrictions().is_err());
     }
 }

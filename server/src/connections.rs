@@ -4,7 +4,9 @@
 //! closes, so new clients wait in the kernel's listen queue (their own connect and request
 //! timeouts apply) rather than being refused. The HTTP port is served by [`serve_http`], which
 //! gives HTTP/1 connections a header read timeout (a client that trickles its headers, or a
-//! keep-alive connection left idle, is closed when it runs out).
+//! keep-alive connection left idle, is closed when it runs out). A port with TLS
+//! ([`ServerTls`]) runs each connection's handshake in that connection's own task, so a slow
+//! or silent client never holds up the accept loop.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +20,10 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_rustls::server::TlsStream;
+
+use crate::tls::ServerTls;
 
 /// How many connections a port serves at once; `None` is no limit.
 #[derive(Clone, Debug, Default)]
@@ -68,10 +73,104 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// A connection's byte stream: plain TCP, or TLS over TCP once the handshake is done.
+pub enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The stream as `dyn` reader and writer, whichever it is.
+    fn as_pin(self: Pin<&mut Self>) -> Pin<&mut (dyn AsyncReadWrite + Send)> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+
+    /// The TCP connection under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// A byte stream both ways (what [`Transport`] hands out).
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncReadWrite for T {}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.as_pin().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.as_pin().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.as_pin().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(tcp) => tcp.is_write_vectored(),
+            Transport::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_pin().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_pin().poll_shutdown(cx)
+    }
+}
+
+/// Turns an accepted TCP connection into the port's transport: with TLS, after a successful
+/// handshake; a failed one (a client that does not speak TLS, or without an accepted
+/// client certificate) is logged at debug level and the connection dropped.
+async fn secure(stream: TcpStream, tls: Option<&ServerTls>) -> Option<Transport> {
+    let Some(tls) = tls else {
+        return Some(Transport::Plain(stream));
+    };
+    let peer = stream.peer_addr().ok();
+    match tls.accept(stream).await {
+        Ok(stream) => Some(Transport::Tls(Box::new(stream))),
+        Err(e) => {
+            tracing::debug!(
+                "{}: TLS handshake with {peer:?} failed: {e}",
+                tls.files().protocol
+            );
+            None
+        }
+    }
+}
+
 /// A connection that counts against its port's [`ConnectionLimit`] until it is dropped.
 pub struct LimitedStream {
     /// The connection.
-    inner: TcpStream,
+    inner: Transport,
     /// Its place under the limit.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -120,7 +219,7 @@ impl tonic::transport::server::Connected for LimitedStream {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.inner.tcp().connect_info()
     }
 }
 
@@ -136,17 +235,64 @@ pub struct LimitedIncoming {
     limit: ConnectionLimit,
     /// The accept in progress.
     next: Option<NextConnection>,
+    /// With TLS: the connections whose handshake succeeded, from [`accept_tls`]'s task.
+    secured: Option<mpsc::Receiver<LimitedStream>>,
 }
 
 impl LimitedIncoming {
-    /// The connections of `listener`, at most as many at once as `limit` allows.
-    pub fn new(listener: TcpListener, limit: ConnectionLimit) -> Self {
+    /// The connections of `listener`, at most as many at once as `limit` allows; with `tls`,
+    /// each after its TLS handshake (run concurrently, off the accept loop). Call it inside
+    /// the runtime.
+    pub fn new(listener: TcpListener, limit: ConnectionLimit, tls: Option<Arc<ServerTls>>) -> Self {
+        let listener = Arc::new(listener);
+        let secured = tls.map(|tls| accept_tls(Arc::clone(&listener), limit.clone(), tls));
         LimitedIncoming {
-            listener: Arc::new(listener),
+            listener,
             limit,
             next: None,
+            secured,
         }
     }
+}
+
+/// Accepts connections under `limit` and runs each one's TLS handshake in its own task;
+/// the ones that succeed come out of the returned channel. Stops (and lets go of the
+/// listener) once the receiver is dropped.
+fn accept_tls(
+    listener: Arc<TcpListener>,
+    limit: ConnectionLimit,
+    tls: Arc<ServerTls>,
+) -> mpsc::Receiver<LimitedStream> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                permit = limit.admit() => permit,
+                () = tx.closed() => break,
+            };
+            let stream = tokio::select! {
+                stream = accept(&listener, "gRPC") => stream,
+                () = tx.closed() => break,
+            };
+            let tx = tx.clone();
+            let tls = Arc::clone(&tls);
+            tokio::spawn(async move {
+                let secured = tokio::select! {
+                    secured = secure(stream, Some(&tls)) => secured,
+                    () = tx.closed() => None,
+                };
+                if let Some(inner) = secured {
+                    let _ = tx
+                        .send(LimitedStream {
+                            inner,
+                            _permit: permit,
+                        })
+                        .await;
+                }
+            });
+        }
+    });
+    rx
 }
 
 impl tokio_stream::Stream for LimitedIncoming {
@@ -154,13 +300,16 @@ impl tokio_stream::Stream for LimitedIncoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(secured) = &mut this.secured {
+            return secured.poll_recv(cx).map(|next| next.map(Ok));
+        }
         let next = this.next.get_or_insert_with(|| {
             let listener = Arc::clone(&this.listener);
             let limit = this.limit.clone();
             Box::pin(async move {
                 let permit = limit.admit().await;
                 LimitedStream {
-                    inner: accept(&listener, "gRPC").await,
+                    inner: Transport::Plain(accept(&listener, "gRPC").await),
                     _permit: permit,
                 }
             })
@@ -179,6 +328,8 @@ pub struct HttpSettings {
     /// How long an HTTP/1 client may take to send a request's headers (and how long a
     /// keep-alive connection may sit idle); `None` waits forever.
     pub header_timeout: Option<Duration>,
+    /// TLS for every connection; `None` serves plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets every
@@ -214,8 +365,21 @@ pub async fn serve_http(
         let service = TowerToHyperService::new(app.clone());
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
+        let tls = settings.tls.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // A handshake still going on when shutdown begins is given up (a plain
+            // connection is ready at once, so it is always served).
+            let transport = tokio::select! {
+                biased;
+                transport = secure(stream, tls.as_deref()) => transport,
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let Some(transport) = transport else {
+                drop(permit);
+                drop(open);
+                return;
+            };
+            let connection = builder.serve_connection(TokioIo::new(transport), service);
             tokio::pin!(connection);
             let mut stopping = false;
             loop {

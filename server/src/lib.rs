@@ -8,4 +8,6 @@ pub mod frontend;
 pub mod logging;
 pub mod otlp;
 pub mod proto;
+pub mod restricted;
 pub mod server;
+pub mod tls;

@@ -98,15 +98,25 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     };
     let mut tasks = Vec::new();
     if args.allow_http {
+        let tls = server_tls(args.http_tls(), crate::tls::HTTP_ALPN)?;
+        let restrictions = args.http_restrictions().map_err(anyhow::Error::msg)?;
         let listener = bind(&args.http_address, args.http_port, "http").await?;
-        tracing::info!("HTTP service listening on {}", listener.local_addr()?);
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+        tracing::info!("{scheme} service listening on {}", listener.local_addr()?);
         let mut app = crate::frontend::http::router(Arc::clone(&core), args.max_request_size);
         if let Some(limit) = crate::cli::timeout(args.http_body_timeout_secs) {
             app = app.layer(axum::Extension(crate::frontend::http::BodyTimeout(limit)));
         }
+        if !restrictions.is_empty() {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                Arc::new(restrictions),
+                crate::restricted::http_guard,
+            ));
+        }
         let settings = HttpSettings {
             limit: ConnectionLimit::new(args.http_max_connections),
             header_timeout: crate::cli::timeout(args.http_header_timeout_secs),
+            tls,
         };
         let signal = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
@@ -115,12 +125,18 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
         }));
     }
     if args.allow_grpc {
+        let tls = server_tls(args.grpc_tls(), crate::tls::GRPC_ALPN)?;
+        let restrictions = args.grpc_restrictions().map_err(anyhow::Error::msg)?;
         let listener = bind(&args.grpc_address, args.grpc_port, "grpc").await?;
-        tracing::info!("gRPC service listening on {}", listener.local_addr()?);
+        let over = if tls.is_some() { " (TLS)" } else { "" };
+        tracing::info!("gRPC service{over} listening on {}", listener.local_addr()?);
         let service = crate::frontend::grpc::service(Arc::clone(&core), args.max_request_size);
         let signal = stopped(stop_rx.clone());
-        let incoming =
-            LimitedIncoming::new(listener, ConnectionLimit::new(args.grpc_max_connections));
+        let incoming = LimitedIncoming::new(
+            listener,
+            ConnectionLimit::new(args.grpc_max_connections),
+            tls,
+        );
         let keepalive = Duration::from_millis(args.grpc_keepalive_time);
         let keepalive_timeout = Duration::from_millis(args.grpc_keepalive_timeout);
         tasks.push(tokio::spawn(async move {
@@ -130,6 +146,7 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
                 .layer(tower::util::MapResponseLayer::new(
                     crate::frontend::grpc::size_limit_status,
                 ))
+                .layer(crate::restricted::GrpcGuardLayer::new(restrictions))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -179,6 +196,20 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     core.unload_all().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A port's TLS from its flags, loaded now so that a missing, unreadable or mismatched
+/// certificate or key stops the start with a message naming the flag and file.
+fn server_tls(
+    files: Result<Option<crate::tls::TlsFiles>, String>,
+    alpn: &'static [&'static [u8]],
+) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
+    match files.map_err(anyhow::Error::msg)? {
+        None => Ok(None),
+        Some(files) => crate::tls::ServerTls::load(files, alpn)
+            .map(|tls| Some(Arc::new(tls)))
+            .map_err(anyhow::Error::msg),
+    }
 }
 
 fn metrics_router(metrics: Arc<ferrum_core::metrics::ServerMetrics>) -> axum::Router {

@@ -162,10 +162,11 @@ def test_log_settings_change_at_run_time(server_factory, tmp_path: Path):
 
 def test_trace_file_records_sampled_requests(server_factory, tmp_path: Path):
     trace_file = tmp_path / "trace.json"
-    srv = server_factory()
+    # The trace file is a start-up setting: clients may not choose it (as with Triton).
+    srv = server_factory(extra_args=["--trace-file", str(trace_file)])
     with httpclient.InferenceServerClient(srv.http_url) as client:
         assert client.get_trace_settings()["trace_level"] == ["OFF"]
-        client.update_trace_settings(settings={"trace_file": str(trace_file), "trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
+        client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
         in0, in1 = simple_data()
         for _ in range(3):
             http_simple_infer(client, in0, in1)

@@ -678,7 +678,13 @@ impl GrpcInferenceService for GrpcFrontend {
             SettingValue, setting_value::ParameterChoice as Out,
         };
         let mut changes = serde_json::Map::new();
-        for (key, value) in request.into_inner().settings {
+        let settings = request.into_inner().settings;
+        if settings.contains_key("log_file") {
+            return Err(Status::unimplemented(
+                crate::frontend::http::LOG_FILE_REFUSED,
+            ));
+        }
+        for (key, value) in settings {
             let value = match value.parameter_choice {
                 Some(In::BoolParam(b)) => serde_json::Value::Bool(b),
                 Some(In::Uint32Param(n)) => serde_json::Value::from(n),
@@ -717,6 +723,11 @@ impl GrpcInferenceService for GrpcFrontend {
         request: Request<TraceSettingRequest>,
     ) -> GrpcResult<TraceSettingResponse> {
         let r = request.into_inner();
+        if r.settings.contains_key("trace_file") {
+            return Err(Status::unimplemented(
+                crate::frontend::http::TRACE_FILE_REFUSED,
+            ));
+        }
         let model = (!r.model_name.is_empty()).then_some(r.model_name.as_str());
         // An empty list resets its key.
         let changes = r

@@ -408,11 +408,25 @@ async fn post_logging(
 ) -> HttpResult<axum::Json<Value>> {
     let changes: Value = serde_json::from_slice(&body)
         .map_err(|e| Error::invalid(format!("logging request is not valid JSON: {e}")))?;
-    let changes = changes
+    let mut changes = changes
         .as_object()
-        .ok_or_else(|| Error::invalid("logging request must be a JSON object"))?;
-    Ok(axum::Json(core.logging.update(changes)?))
+        .ok_or_else(|| Error::invalid("logging request must be a JSON object"))?
+        .clone();
+    // As Triton: a client may not point the log at a file (it would write anywhere the
+    // server may); `--log-file` sets it. A null leaves it as it is.
+    match changes.remove("log_file") {
+        None | Some(Value::Null) => {}
+        Some(_) => return Err(Error::unsupported(LOG_FILE_REFUSED).into()),
+    }
+    Ok(axum::Json(core.logging.update(&changes)?))
 }
+
+/// Why a logging request that sets `log_file` is refused (Triton's words).
+pub const LOG_FILE_REFUSED: &str = "log file location can not be updated through network protocol";
+
+/// Why a trace request that sets `trace_file` is refused (Triton's words).
+pub const TRACE_FILE_REFUSED: &str =
+    "trace file location can not be updated through network protocol";
 
 fn trace_json(settings: &TraceSettings) -> Value {
     let map = settings.to_map();
@@ -437,6 +451,11 @@ fn trace_update(core: &Core, model: Option<&str>, body: &Bytes) -> HttpResult<ax
     let request = request
         .as_object()
         .ok_or_else(|| Error::invalid("trace request must be a JSON object"))?;
+    // As Triton: the trace file is set with `--trace-file` only, never by a client (the
+    // server would create or truncate any file it may write).
+    if request.contains_key("trace_file") {
+        return Err(Error::unsupported(TRACE_FILE_REFUSED).into());
+    }
     let mut changes = std::collections::BTreeMap::new();
     for (key, value) in request {
         let value = match value {
