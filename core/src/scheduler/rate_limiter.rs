@@ -41,6 +41,8 @@ struct State {
     in_use: HashMap<ResourceKey, u32>,
     /// What each registered instance needs, by instance id (for default counts).
     registered: HashMap<u64, Vec<(ResourceKey, u32)>>,
+    /// Copies of each resource the registered instances name (kept as they come and go).
+    capacity: HashMap<ResourceKey, u32>,
     /// Each instance's virtual finish time (weighted executions so far).
     finish: HashMap<u64, u64>,
     /// The virtual time of the last execution granted.
@@ -131,9 +133,9 @@ impl RateLimiter {
         })
     }
 
-    /// Copies of a resource there are: as configured, or the most any registered instance
-    /// asks for.
-    fn capacity(&self, state: &State, key: &ResourceKey) -> u32 {
+    /// Copies of a resource there are: as configured, or else the most any registered
+    /// instance asks for.
+    fn configured_or_largest(&self, state: &State, key: &ResourceKey) -> u32 {
         let configured = match key.device {
             Some(device) => self
                 .counts
@@ -153,10 +155,30 @@ impl RateLimiter {
         })
     }
 
+    /// Recomputes the copies of every resource a registered instance names (after an
+    /// instance came or went).
+    fn recount(&self, state: &mut State) {
+        let keys: std::collections::HashSet<ResourceKey> = state
+            .registered
+            .values()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let capacity = keys
+            .into_iter()
+            .map(|k| {
+                let n = self.configured_or_largest(state, &k);
+                (k, n)
+            })
+            .collect();
+        state.capacity = capacity;
+    }
+
     /// Whether every need fits beside what is in use.
     fn fits(&self, state: &State, needs: &[(ResourceKey, u32)]) -> bool {
         needs.iter().all(|(key, n)| {
-            state.in_use.get(key).copied().unwrap_or(0) + n <= self.capacity(state, key)
+            state.in_use.get(key).copied().unwrap_or(0) + n
+                <= state.capacity.get(key).copied().unwrap_or(0)
         })
     }
 
@@ -284,6 +306,7 @@ impl Drop for InstanceLimit {
     fn drop(&mut self) {
         let mut state = self.limiter.state.lock();
         state.registered.remove(&self.id);
+        self.limiter.recount(&mut state);
         state.finish.remove(&self.id);
         // Fewer registered instances can lower a default count; others may fit now anyway.
         self.limiter.dispatch(&mut state);
@@ -334,7 +357,7 @@ pub fn instance_limits(config: &ModelConfig) -> Result<Vec<Option<Arc<InstanceLi
             }
             let mut state = limiter.state.lock();
             for (key, n) in &needs {
-                let configured = limiter.capacity(&State::default(), key);
+                let configured = limiter.configured_or_largest(&State::default(), key);
                 let explicit = match key.device {
                     Some(d) => {
                         limiter.counts.contains_key(&(key.name.clone(), Some(d)))
@@ -357,6 +380,7 @@ pub fn instance_limits(config: &ModelConfig) -> Result<Vec<Option<Arc<InstanceLi
             let id = state.next_id;
             state.next_id += 1;
             state.registered.insert(id, needs.clone());
+            limiter.recount(&mut state);
             limits.push(Some(Arc::new(InstanceLimit {
                 limiter,
                 id,
@@ -393,6 +417,7 @@ mod tests {
         let id = state.next_id;
         state.next_id += 1;
         state.registered.insert(id, needs.clone());
+        limiter.recount(&mut state);
         InstanceLimit {
             limiter,
             id,
