@@ -176,7 +176,8 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a successful response (a failure to store is not an error).
+    /// Stores a successful response (a failure to store is not an error); one whose outputs
+    /// were written into shared memory is never stored.
     pub async fn put(&self, key: Key, response: &InferResponse) {
         if response.outputs.iter().any(|o| o.shm.is_some()) {
             return;
@@ -236,7 +237,7 @@ impl LocalCache {
     }
 
     /// The cached response for a key (marked as just used).
-    pub fn get(&self, key: &Key) -> Option<InferResponse> {
+    fn get(&self, key: &Key) -> Option<InferResponse> {
         let mut lru = self.state.lock();
         lru.tick += 1;
         let tick = lru.tick;
@@ -251,14 +252,14 @@ impl LocalCache {
 
     /// Stores a successful response, evicting the least recently used entries to make room;
     /// one larger than the whole budget is not stored.
-    pub fn put(&self, key: Key, response: &InferResponse) {
+    fn put(&self, key: Key, response: &InferResponse) {
         let size = ENTRY_OVERHEAD
             + response
                 .outputs
                 .iter()
                 .map(|o| o.name.len() + o.data.len() + 8 * o.shape.len())
                 .sum::<usize>();
-        if size > self.budget || response.outputs.iter().any(|o| o.shm.is_some()) {
+        if size > self.budget {
             return;
         }
         let mut lru = self.state.lock();

@@ -133,44 +133,33 @@ impl RateLimiter {
         })
     }
 
-    /// Copies of a resource there are: as configured, or else the most any registered
-    /// instance asks for.
-    fn configured_or_largest(&self, state: &State, key: &ResourceKey) -> u32 {
-        let configured = match key.device {
+    /// Copies of a resource `--rate-limit-resource` gives (for its device, or for every
+    /// device), if it names the resource.
+    fn configured(&self, key: &ResourceKey) -> Option<u32> {
+        let any_device = || self.counts.get(&(key.name.clone(), None));
+        match key.device {
             Some(device) => self
                 .counts
                 .get(&(key.name.clone(), Some(device)))
-                .or_else(|| self.counts.get(&(key.name.clone(), None))),
-            None => self.counts.get(&(key.name.clone(), None)),
-        };
-        configured.copied().unwrap_or_else(|| {
-            state
-                .registered
-                .values()
-                .flatten()
-                .filter(|(k, _)| k == key)
-                .map(|(_, n)| *n)
-                .max()
-                .unwrap_or(0)
-        })
+                .or_else(any_device),
+            None => any_device(),
+        }
+        .copied()
     }
 
     /// Recomputes the copies of every resource a registered instance names (after an
-    /// instance came or went).
+    /// instance came or went): as configured, or else the most any one of them asks for.
     fn recount(&self, state: &mut State) {
-        let keys: std::collections::HashSet<ResourceKey> = state
-            .registered
-            .values()
-            .flatten()
-            .map(|(k, _)| k.clone())
-            .collect();
-        let capacity = keys
-            .into_iter()
-            .map(|k| {
-                let n = self.configured_or_largest(state, &k);
-                (k, n)
-            })
-            .collect();
+        let mut capacity: HashMap<ResourceKey, u32> = HashMap::new();
+        for (key, n) in state.registered.values().flatten() {
+            let copies = capacity.entry(key.clone()).or_insert(0);
+            *copies = (*copies).max(*n);
+        }
+        for (key, copies) in capacity.iter_mut() {
+            if let Some(configured) = self.configured(key) {
+                *copies = configured;
+            }
+        }
         state.capacity = capacity;
     }
 
@@ -195,8 +184,8 @@ impl RateLimiter {
             })
             .collect();
         order.sort_unstable();
-        let mut granted = Vec::new();
-        for (start, _, i) in order {
+        let mut granted = std::collections::HashSet::new();
+        for (start, arrival, i) in order {
             if !self.fits(state, &state.waiting[i].needs) {
                 continue;
             }
@@ -206,16 +195,17 @@ impl RateLimiter {
             }
             state.finish.insert(waiter.id, start + waiter.priority);
             state.now = state.now.max(start);
-            granted.push(i);
+            granted.insert(arrival);
         }
-        granted.sort_unstable_by(|a, b| b.cmp(a));
-        for i in granted {
-            let waiter = state.waiting.swap_remove(i);
+        // The granted leave the queue (the rest keep their arrival order) and are woken.
+        state.waiting.retain(|waiter| {
+            if !granted.contains(&waiter.arrival) {
+                return true;
+            }
             *waiter.slot.granted.lock() = true;
             waiter.slot.ready.notify_one();
-        }
-        // swap_remove changed the arrival order of the rest; restore it.
-        state.waiting.sort_unstable_by_key(|w| w.arrival);
+            false
+        });
     }
 }
 
@@ -357,15 +347,9 @@ pub fn instance_limits(config: &ModelConfig) -> Result<Vec<Option<Arc<InstanceLi
             }
             let mut state = limiter.state.lock();
             for (key, n) in &needs {
-                let configured = limiter.configured_or_largest(&State::default(), key);
-                let explicit = match key.device {
-                    Some(d) => {
-                        limiter.counts.contains_key(&(key.name.clone(), Some(d)))
-                            || limiter.counts.contains_key(&(key.name.clone(), None))
-                    }
-                    None => limiter.counts.contains_key(&(key.name.clone(), None)),
-                };
-                if explicit && *n > configured {
+                if let Some(configured) = limiter.configured(key)
+                    && *n > configured
+                {
                     return Err(Error::invalid(format!(
                         "model '{}': instance group '{}' needs {n} of rate limiter resource \
                          '{}'{} but --rate-limit-resource gives {configured}",
