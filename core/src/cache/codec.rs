@@ -21,22 +21,13 @@ pub fn encode(response: &InferResponse) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     text(&mut out, &response.model_name);
     out.extend_from_slice(&response.model_version.to_le_bytes());
-    // Kinds this format does not know are left out.
-    let known: Vec<&Parameter> = response
-        .parameters
-        .iter()
-        .filter(|p| {
-            matches!(
-                p.value,
-                ParamValue::Bool(_)
-                    | ParamValue::Int(_)
-                    | ParamValue::Double(_)
-                    | ParamValue::Str(_)
-            )
-        })
-        .collect();
-    out.extend_from_slice(&(known.len() as u32).to_le_bytes());
-    for p in known {
+    // The count goes first and is filled in once known: kinds this format does not know are
+    // left out.
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut count = 0u32;
+    for p in &response.parameters {
+        let mark = out.len();
         text(&mut out, &p.key);
         match &p.value {
             ParamValue::Bool(b) => out.extend_from_slice(&[0, u8::from(*b)]),
@@ -52,9 +43,14 @@ pub fn encode(response: &InferResponse) -> Vec<u8> {
                 out.push(3);
                 text(&mut out, s);
             }
-            _ => {}
+            _ => {
+                out.truncate(mark);
+                continue;
+            }
         }
+        count += 1;
     }
+    out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
     out.extend_from_slice(&(response.outputs.len() as u32).to_le_bytes());
     for o in &response.outputs {
         text(&mut out, &o.name);
