@@ -223,20 +223,12 @@ impl tonic::transport::server::Connected for LimitedStream {
     }
 }
 
-/// The next connection of a [`LimitedIncoming`], on its way.
-type NextConnection = Pin<Box<dyn Future<Output = LimitedStream> + Send>>;
-
 /// A listener's connections as a stream (what tonic serves), admitted under a limit.
 /// Dropping it closes the listening socket.
 pub struct LimitedIncoming {
-    /// The listening socket.
-    listener: Arc<TcpListener>,
-    /// The port's limit.
-    limit: ConnectionLimit,
-    /// The accept in progress.
-    next: Option<NextConnection>,
-    /// With TLS: the connections whose handshake succeeded, from [`accept_tls`]'s task.
-    secured: Option<mpsc::Receiver<LimitedStream>>,
+    /// The admitted connections (with TLS, those whose handshake succeeded), from
+    /// [`admit_connections`]'s task.
+    admitted: mpsc::Receiver<LimitedStream>,
 }
 
 impl LimitedIncoming {
@@ -244,24 +236,20 @@ impl LimitedIncoming {
     /// each after its TLS handshake (run concurrently, off the accept loop). Call it inside
     /// the runtime.
     pub fn new(listener: TcpListener, limit: ConnectionLimit, tls: Option<Arc<ServerTls>>) -> Self {
-        let listener = Arc::new(listener);
-        let secured = tls.map(|tls| accept_tls(Arc::clone(&listener), limit.clone(), tls));
         LimitedIncoming {
-            listener,
-            limit,
-            next: None,
-            secured,
+            admitted: admit_connections(listener, limit, tls, "gRPC"),
         }
     }
 }
 
-/// Accepts connections under `limit` and runs each one's TLS handshake in its own task;
-/// the ones that succeed come out of the returned channel. Stops (and lets go of the
-/// listener) once the receiver is dropped.
-fn accept_tls(
-    listener: Arc<TcpListener>,
+/// Accepts connections under `limit`; with TLS, each one's handshake runs in its own task.
+/// The connections ready to serve come out of the returned channel. Stops (and lets go of
+/// the listener) once the receiver is dropped.
+fn admit_connections(
+    listener: TcpListener,
     limit: ConnectionLimit,
-    tls: Arc<ServerTls>,
+    tls: Option<Arc<ServerTls>>,
+    what: &'static str,
 ) -> mpsc::Receiver<LimitedStream> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -271,11 +259,21 @@ fn accept_tls(
                 () = tx.closed() => break,
             };
             let stream = tokio::select! {
-                stream = accept(&listener, "gRPC") => stream,
+                stream = accept(&listener, what) => stream,
                 () = tx.closed() => break,
             };
+            let Some(tls) = &tls else {
+                let plain = LimitedStream {
+                    inner: Transport::Plain(stream),
+                    _permit: permit,
+                };
+                if tx.send(plain).await.is_err() {
+                    break;
+                }
+                continue;
+            };
             let tx = tx.clone();
-            let tls = Arc::clone(&tls);
+            let tls = Arc::clone(tls);
             tokio::spawn(async move {
                 let secured = tokio::select! {
                     secured = secure(stream, Some(&tls)) => secured,
@@ -299,24 +297,10 @@ impl tokio_stream::Stream for LimitedIncoming {
     type Item = io::Result<LimitedStream>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(secured) = &mut this.secured {
-            return secured.poll_recv(cx).map(|next| next.map(Ok));
-        }
-        let next = this.next.get_or_insert_with(|| {
-            let listener = Arc::clone(&this.listener);
-            let limit = this.limit.clone();
-            Box::pin(async move {
-                let permit = limit.admit().await;
-                LimitedStream {
-                    inner: Transport::Plain(accept(&listener, "gRPC").await),
-                    _permit: permit,
-                }
-            })
-        });
-        let stream = std::task::ready!(next.as_mut().poll(cx));
-        this.next = None;
-        Poll::Ready(Some(Ok(stream)))
+        self.get_mut()
+            .admitted
+            .poll_recv(cx)
+            .map(|next| next.map(Ok))
     }
 }
 
@@ -375,8 +359,6 @@ pub async fn serve_http(
                 _ = stop.wait_for(|s| *s) => None,
             };
             let Some(transport) = transport else {
-                drop(permit);
-                drop(open);
                 return;
             };
             let connection = builder.serve_connection(TokioIo::new(transport), service);

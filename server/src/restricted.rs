@@ -190,13 +190,25 @@ pub fn http_group(path: &str) -> Option<ApiGroup> {
     if rest.is_empty() {
         return Some(ApiGroup::Metadata);
     }
-    let parts: Vec<&str> = rest.strip_prefix('/')?.split('/').collect();
-    match parts.as_slice() {
-        ["health", ..] => Some(ApiGroup::Health),
+    let rest = rest.strip_prefix('/')?;
+    // Groups that own every path under their first segment.
+    let first = rest.split('/').next().unwrap_or_default();
+    match first {
+        "health" => return Some(ApiGroup::Health),
+        "systemsharedmemory" | "cudasharedmemory" => return Some(ApiGroup::SharedMemory),
+        "repository" => return Some(ApiGroup::ModelRepository),
+        _ => {}
+    }
+    // The other endpoints have at most six segments; a longer path is no endpoint.
+    let mut parts = [""; 6];
+    let mut count = 0;
+    for part in rest.split('/') {
+        *parts.get_mut(count)? = part;
+        count += 1;
+    }
+    match &parts[..count] {
         ["logging"] => Some(ApiGroup::Logging),
         ["trace", "setting"] => Some(ApiGroup::Trace),
-        ["systemsharedmemory", ..] | ["cudasharedmemory", ..] => Some(ApiGroup::SharedMemory),
-        ["repository", ..] => Some(ApiGroup::ModelRepository),
         ["models", "stats"] => Some(ApiGroup::Statistics),
         ["models", _model, tail @ ..] => {
             let tail = match tail {

@@ -98,7 +98,7 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
     };
     let mut tasks = Vec::new();
     if args.allow_http {
-        let tls = server_tls(args.http_tls(), crate::tls::HTTP_ALPN)?;
+        let tls = server_tls(args.http_tls())?;
         let restrictions = args.http_restrictions().map_err(anyhow::Error::msg)?;
         let listener = bind(&args.http_address, args.http_port, "http").await?;
         let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
@@ -125,7 +125,7 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
         }));
     }
     if args.allow_grpc {
-        let tls = server_tls(args.grpc_tls(), crate::tls::GRPC_ALPN)?;
+        let tls = server_tls(args.grpc_tls())?;
         let restrictions = args.grpc_restrictions().map_err(anyhow::Error::msg)?;
         let listener = bind(&args.grpc_address, args.grpc_port, "grpc").await?;
         let over = if tls.is_some() { " (TLS)" } else { "" };
@@ -146,7 +146,11 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
                 .layer(tower::util::MapResponseLayer::new(
                     crate::frontend::grpc::size_limit_status,
                 ))
-                .layer(crate::restricted::GrpcGuardLayer::new(restrictions))
+                // Without restrictions no guard looks at the calls.
+                .layer(tower::util::option_layer(
+                    (!restrictions.is_empty())
+                        .then(|| crate::restricted::GrpcGuardLayer::new(restrictions)),
+                ))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -202,11 +206,10 @@ pub async fn run(args: Args, logging: Arc<LogSettings>) -> anyhow::Result<()> {
 /// certificate or key stops the start with a message naming the flag and file.
 fn server_tls(
     files: Result<Option<crate::tls::TlsFiles>, String>,
-    alpn: &'static [&'static [u8]],
 ) -> anyhow::Result<Option<Arc<crate::tls::ServerTls>>> {
     match files.map_err(anyhow::Error::msg)? {
         None => Ok(None),
-        Some(files) => crate::tls::ServerTls::load(files, alpn)
+        Some(files) => crate::tls::ServerTls::load(files)
             .map(|tls| Some(Arc::new(tls)))
             .map_err(anyhow::Error::msg),
     }

@@ -88,24 +88,21 @@ impl TlsFiles {
         }))
     }
 
-    /// The files with the flag that names each.
-    fn named(&self) -> Vec<(&Path, String)> {
-        let protocol = self.protocol;
-        let mut files = vec![
-            (self.cert.as_path(), format!("--{protocol}-server-cert")),
-            (self.key.as_path(), format!("--{protocol}-server-key")),
-        ];
-        if let Some(ca) = &self.client_ca {
-            files.push((ca.as_path(), format!("--{protocol}-root-cert")));
+    /// The ALPN protocols the port offers: gRPC needs HTTP/2, HTTP takes either.
+    fn alpn(&self) -> &'static [&'static [u8]] {
+        if self.protocol == "grpc" {
+            GRPC_ALPN
+        } else {
+            HTTP_ALPN
         }
-        files
     }
 
     /// What the files look like on disk now; a change means they were rewritten or replaced.
     fn stamp(&self) -> Vec<Option<FileStamp>> {
-        self.named()
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
-            .map(|(path, _)| FileStamp::of(path))
+            .flatten()
+            .map(|path| FileStamp::of(path))
             .collect()
     }
 }
@@ -118,9 +115,9 @@ struct FileStamp {
     len: u64,
     /// Last modification.
     modified: Option<SystemTime>,
-    /// Last status change (ctime) in nanoseconds, Unix only.
+    /// Last status change (ctime) in nanoseconds.
     changed: i128,
-    /// Device and inode, Unix only.
+    /// Device and inode.
     identity: (u64, u64),
 }
 
@@ -128,16 +125,9 @@ impl FileStamp {
     /// The stamp of the file at `path` (symlinks followed); `None` where it cannot be read.
     fn of(path: &Path) -> Option<FileStamp> {
         let meta = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let (changed, identity) = {
-            use std::os::unix::fs::MetadataExt;
-            (
-                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-                (meta.dev(), meta.ino()),
-            )
-        };
-        #[cfg(not(unix))]
-        let (changed, identity) = (0, (0, 0));
+        use std::os::unix::fs::MetadataExt;
+        let changed = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        let identity = (meta.dev(), meta.ino());
         Some(FileStamp {
             len: meta.len(),
             modified: meta.modified().ok(),
@@ -172,7 +162,7 @@ fn certificates(
 }
 
 /// Builds a rustls server configuration from the files as they are now.
-fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, String> {
+fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
     let protocol = files.protocol;
     let cert_flag = format!("--{protocol}-server-cert");
     let key_flag = format!("--{protocol}-server-key");
@@ -237,7 +227,7 @@ fn build(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, String> {
             files.key.display()
         ),
     })?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = files.alpn().iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -254,8 +244,6 @@ struct Current {
 pub struct ServerTls {
     /// The files.
     files: TlsFiles,
-    /// ALPN protocols offered.
-    alpn: &'static [&'static [u8]],
     /// The configuration in use and the stamps it was built from.
     current: Mutex<Current>,
 }
@@ -270,12 +258,11 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Loads the files; any problem with them is an error that names the flag and file.
-    pub fn load(files: TlsFiles, alpn: &'static [&'static [u8]]) -> Result<ServerTls, String> {
+    pub fn load(files: TlsFiles) -> Result<ServerTls, String> {
         let seen = files.stamp();
-        let config = Arc::new(build(&files, alpn)?);
+        let config = Arc::new(build(&files)?);
         Ok(ServerTls {
             files,
-            alpn,
             current: Mutex::new(Current { seen, config }),
         })
     }
@@ -294,7 +281,7 @@ impl ServerTls {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.seen != stamp {
             current.seen = stamp;
-            match build(&self.files, self.alpn) {
+            match build(&self.files) {
                 Ok(config) => {
                     current.config = Arc::new(config);
                     tracing::info!(
@@ -392,14 +379,14 @@ mod tests {
             key: garbage.clone(),
             client_ca: None,
         };
-        let e = ServerTls::load(files.clone(), HTTP_ALPN).err().unwrap();
+        let e = ServerTls::load(files.clone()).err().unwrap();
         assert!(e.contains("--http-server-cert"), "{e}");
         assert!(e.contains("missing.pem': cannot read it"), "{e}");
         let files = TlsFiles {
             cert: garbage.clone(),
             ..files
         };
-        let e = ServerTls::load(files, HTTP_ALPN).err().unwrap();
+        let e = ServerTls::load(files).err().unwrap();
         assert!(e.contains("no PEM certificate"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
