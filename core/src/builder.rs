@@ -166,15 +166,12 @@ impl CoreBuilder {
         );
         // Object-store repositories are served from local mirrors.
         let mirrors = crate::repository::Mirrors::open(&self.repositories, self.control_mode)?;
-        let models = Arc::new(
-            ModelManager::new(
-                plugins,
-                self.repositories.clone(),
-                self.auto_complete,
-                self.queue_limit,
-            )
-            .with_mirrors(mirrors),
-        );
+        let models = Arc::new(ModelManager::new(
+            plugins,
+            mirrors,
+            self.auto_complete,
+            self.queue_limit,
+        ));
         let tracer = Arc::new(Tracer::with_exporter(
             self.trace_settings,
             self.span_exporter,

@@ -176,7 +176,7 @@ impl ModelManager {
     /// explicit mode the ones named (`*` for all). Blocking: run it off the async runtime.
     pub fn load_startup(&self, explicit: Option<&[String]>) -> Result<()> {
         self.mirrors.sync_startup(explicit)?;
-        let scan = repository::scan(&self.repositories)?;
+        let scan = repository::scan(self.repositories())?;
         for (name, error) in &scan.conflicts {
             tracing::error!(model = %name, "{}", error.message);
             let record = ModelRecord {
@@ -296,7 +296,7 @@ impl ModelManager {
     pub fn poll(&self) -> Result<()> {
         let _lifecycle = self.lifecycle.lock();
         self.mirrors.refresh();
-        let scan = repository::scan(&self.repositories)?;
+        let scan = repository::scan(self.repositories())?;
         for dir in &scan.models {
             let fingerprint = repository::fingerprint(&dir.path);
             let known = self
@@ -372,7 +372,7 @@ impl ModelManager {
     }
 
     fn find_in_repositories(&self, name: &str) -> Result<PathBuf> {
-        let scan = repository::scan(&self.repositories)?;
+        let scan = repository::scan(self.repositories())?;
         if let Some((_, e)) = scan.conflicts.into_iter().find(|(n, _)| n == name) {
             return Err(e);
         }

@@ -160,9 +160,8 @@ impl Drop for TableWrite<'_> {
 pub struct ModelManager {
     /// Backend libraries.
     plugins: Arc<Plugins>,
-    /// The repositories to serve, as local folders (an object store's mirror folder).
-    repositories: Vec<PathBuf>,
-    /// The object-store repositories' mirrors, synced before scans.
+    /// The repositories to serve (their local folders: an object store's is its mirror's),
+    /// and the object-store mirrors, synced before scans.
     mirrors: crate::repository::Mirrors,
     /// Whether backends may complete configs from model files.
     auto_complete: bool,
@@ -188,14 +187,13 @@ impl ModelManager {
     /// A manager over these repositories, with nothing loaded yet.
     pub fn new(
         plugins: Arc<Plugins>,
-        repositories: Vec<PathBuf>,
+        mirrors: crate::repository::Mirrors,
         auto_complete: bool,
         queue_limit: usize,
     ) -> Self {
         ModelManager {
             plugins,
-            repositories,
-            mirrors: Default::default(),
+            mirrors,
             auto_complete,
             queue_limit,
             models: RwLock::new(BTreeMap::new()),
@@ -208,12 +206,9 @@ impl ModelManager {
         }
     }
 
-    /// Serves object-store repositories through their mirrors: the manager scans the
-    /// mirrors' local folders, and syncs them before each scan and explicit load.
-    pub fn with_mirrors(mut self, mirrors: crate::repository::Mirrors) -> Self {
-        self.repositories = mirrors.local_paths();
-        self.mirrors = mirrors;
-        self
+    /// The repositories as the local folders they are scanned from.
+    fn repositories(&self) -> &[PathBuf] {
+        self.mirrors.local_paths()
     }
 
     /// The routing table, held for writing.
@@ -334,7 +329,7 @@ impl ModelManager {
         }
         let listed: std::collections::HashSet<String> = models.keys().cloned().collect();
         drop(models);
-        if let Ok(scan) = crate::repository::scan(&self.repositories) {
+        if let Ok(scan) = crate::repository::scan(self.repositories()) {
             for dir in scan
                 .models
                 .into_iter()

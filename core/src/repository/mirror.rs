@@ -178,8 +178,8 @@ impl Mirrors {
     }
 
     /// Every repository as the local folder it is scanned from.
-    pub fn local_paths(&self) -> Vec<PathBuf> {
-        self.local.clone()
+    pub fn local_paths(&self) -> &[PathBuf] {
+        &self.local
     }
 
     /// Whether any repository is an object store.
@@ -196,10 +196,14 @@ impl Mirrors {
         for mirror in &self.mirrors {
             match explicit.filter(|_| !all) {
                 None => mirror.sync(None, true)?,
+                // All the names in one sync: they settle together, in one wait.
                 Some(names) => {
-                    for name in names.iter().filter(|n| model_name(n)) {
-                        mirror.sync(Some(name), true)?;
-                    }
+                    let names: Vec<&str> = names
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| model_name(n))
+                        .collect();
+                    mirror.sync(Some(&names), true)?;
                 }
             }
         }
@@ -227,7 +231,7 @@ impl Mirrors {
             return Ok(());
         }
         for mirror in &self.mirrors {
-            mirror.sync(Some(name), true)?;
+            mirror.sync(Some(&[name]), true)?;
         }
         Ok(())
     }
@@ -570,19 +574,28 @@ impl Mirror {
         Ok(models)
     }
 
-    /// Brings the mirror up to date (the whole repository, or one model). With `wait`, lists
+    /// Brings the mirror up to date (the whole repository, or the models named). With `wait`, lists
     /// again (a few times at most) until the models that changed have settled, and failures
     /// are errors; without, models still settling are taken by a later call and failures are
     /// logged.
-    fn sync(&self, model: Option<&str>, wait: bool) -> Result<()> {
+    fn sync(&self, models: Option<&[&str]>, wait: bool) -> Result<()> {
         let settings = Settings::resolve(&credentials::process_env).map_err(|e| {
             Error::invalid(format!("model repository {}: {}", self.name, e.message))
         })?;
         let mut state = self.state.lock();
         let mut rounds = 0;
         loop {
-            let listed = self.list(&settings, model, &mut state)?;
-            let Round { waiting, failures } = self.round(&settings, &mut state, model, listed);
+            let listed = match models {
+                None => self.list(&settings, None, &mut state)?,
+                Some(names) => {
+                    let mut listed = BTreeMap::new();
+                    for name in names {
+                        listed.extend(self.list(&settings, Some(name), &mut state)?);
+                    }
+                    listed
+                }
+            };
+            let Round { waiting, failures } = self.round(&settings, &mut state, models, listed);
             if !wait {
                 for (name, error) in failures {
                     tracing::error!(
@@ -605,7 +618,7 @@ impl Mirror {
             }
             if rounds == WAIT_ROUNDS {
                 let names: Vec<&str> = waiting.iter().map(|(n, _)| n.as_str()).collect();
-                if model.is_some() {
+                if models.is_some() {
                     return Err(Error::unavailable(format!(
                         "model '{}' is still changing in {} (its objects changed between \
                          listings); load it again once its upload is complete",
@@ -645,11 +658,11 @@ impl Mirror {
         &self,
         settings: &Settings,
         state: &mut State,
-        model: Option<&str>,
+        models: Option<&[&str]>,
         mut listed: BTreeMap<String, Listing>,
     ) -> Round {
-        let names: BTreeSet<String> = match model {
-            Some(model) => BTreeSet::from([model.to_string()]),
+        let names: BTreeSet<String> = match models {
+            Some(models) => models.iter().map(|m| m.to_string()).collect(),
             None => state
                 .committed
                 .keys()
@@ -690,6 +703,7 @@ impl Mirror {
             }
         }
         let mut failures = Vec::new();
+        let mut taken = Vec::new();
         for (name, listing) in ready {
             state.pending.remove(&name);
             match self.apply(settings, state, &name, &listing) {
@@ -706,9 +720,7 @@ impl Mirror {
                             self.name
                         );
                     }
-                    if let Err(e) = self.save(state) {
-                        failures.push((name, e));
-                    }
+                    taken.push(name);
                 }
                 Err(ApplyError::Changed(why)) => {
                     tracing::info!(model = %name, "{why}; waiting for it to settle again");
@@ -716,6 +728,12 @@ impl Mirror {
                 }
                 Err(ApplyError::Failed(error)) => failures.push((name, error)),
             }
+        }
+        // One manifest write for the round; if it fails, every model it took is reported.
+        if !taken.is_empty()
+            && let Err(e) = self.save(state)
+        {
+            failures.extend(taken.into_iter().map(|name| (name, e.clone())));
         }
         Round { waiting, failures }
     }
