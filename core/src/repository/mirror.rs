@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::ControlMode;
 use super::s3::client::{Client, ObjectInfo, S3ErrorKind};
 use super::s3::credentials::{self, Env, Settings};
+use super::s3::location::valid_segment;
 use super::s3::location::{S3Location, is_s3};
 use super::s3::sigv4::hex;
 use crate::error::{Error, Result};
@@ -235,11 +236,6 @@ impl Mirrors {
         }
         Ok(())
     }
-}
-
-/// A usable file or folder name (and model name) taken from a key.
-fn valid_segment(segment: &str) -> bool {
-    !segment.is_empty() && segment != "." && segment != ".." && !segment.contains('\0')
 }
 
 /// Whether a name can be a model folder of the repository (one path part, not hidden).

@@ -195,7 +195,7 @@ impl S3Location {
         let prefix = prefix.trim_end_matches('/');
         if !prefix.is_empty() {
             for part in prefix.split('/') {
-                if part.is_empty() || part == "." || part == ".." || part.contains('\0') {
+                if !valid_segment(part) {
                     return Err(bad(format!(
                         "has an invalid path '{prefix}' (empty, '.' or '..' parts)"
                     )));
@@ -232,6 +232,12 @@ impl fmt::Display for S3Location {
         }
         Ok(())
     }
+}
+
+/// A usable path part of a key (a file, folder or model name): not empty, `.` or `..`, and
+/// without NUL.
+pub(crate) fn valid_segment(segment: &str) -> bool {
+    !segment.is_empty() && segment != "." && segment != ".." && !segment.contains('\0')
 }
 
 #[cfg(test)]
