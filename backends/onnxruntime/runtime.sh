@@ -15,6 +15,7 @@ set -euo pipefail
 
 ORT_VERSION=1.31.1
 dest=${1:?usage: runtime.sh <backend install folder>}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ferrum/onnxruntime-$ORT_VERSION"
 lib_name="libonnxruntime.so.$ORT_VERSION"
 cached_lib="$cache/$lib_name"
@@ -23,26 +24,7 @@ py="${PYTHON:-python3}"
 log() { echo "onnxruntime runtime: $*" >&2; }
 
 if [ ! -s "$cached_lib" ]; then
-  mkdir -p "$cache"
-  wheel=$(find "$cache" -maxdepth 1 -name "onnxruntime-$ORT_VERSION-*.whl" -print -quit)
-  if [ -z "$wheel" ]; then
-    log "downloading onnxruntime==$ORT_VERSION from PyPI into $cache"
-    download=$(mktemp -d "$cache/.download.XXXXXX")
-    trap 'rm -rf "$download"' EXIT
-    if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip download --quiet --no-deps \
-        --only-binary=:all: --dest "$download" "onnxruntime==$ORT_VERSION"; then
-      log "could not download the onnxruntime==$ORT_VERSION wheel with '$py -m pip'."
-      log "Install pip for $py, or put the wheel into $cache by hand."
-      exit 1
-    fi
-    fetched=$(find "$download" -maxdepth 1 -name "onnxruntime-$ORT_VERSION-*.whl" -print -quit)
-    if [ -z "$fetched" ]; then
-      log "pip download finished but left no onnxruntime-$ORT_VERSION wheel in $download"
-      exit 1
-    fi
-    wheel="$cache/$(basename "$fetched")"
-    mv -f "$fetched" "$wheel"
-  fi
+  wheel=$("$root/scripts/cached-wheel.sh" onnxruntime "$ORT_VERSION" "$cache")
   # Take the one library out of the wheel (a zip), through a temporary name so that an
   # interrupted run never leaves a half-written library in the cache.
   "$py" - "$wheel" "onnxruntime/capi/$lib_name" "$cached_lib" <<'PY'

@@ -17,9 +17,9 @@ set -euo pipefail
 
 OPENVINO_VERSION=2026.4.1
 dest=${1:?usage: runtime.sh <backend install folder>}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ferrum/openvino-$OPENVINO_VERSION"
 libs="$cache/libs"
-py=${PYTHON:-python3}
 
 say() { echo "openvino runtime: $*" >&2; }
 
@@ -35,27 +35,7 @@ wanted=(
 
 # 1. The unpacked libraries in the cache (download and unzip on the first run).
 if [ ! -f "$libs/.complete" ]; then
-  mkdir -p "$cache"
-  wheel=$(find "$cache" -maxdepth 1 -name "openvino-$OPENVINO_VERSION-*.whl" | head -n 1)
-  if [ -z "$wheel" ]; then
-    say "downloading openvino==$OPENVINO_VERSION from PyPI into $cache"
-    download=$(mktemp -d "$cache/.download.XXXXXX")
-    if ! "$py" -m pip download --quiet --disable-pip-version-check --no-deps \
-        --only-binary=:all: --dest "$download" "openvino==$OPENVINO_VERSION"; then
-      rm -rf "$download"
-      say "pip download of openvino==$OPENVINO_VERSION failed (is PyPI reachable?)"
-      exit 1
-    fi
-    wheel=$(find "$download" -maxdepth 1 -name "openvino-$OPENVINO_VERSION-*.whl" | head -n 1)
-    if [ -z "$wheel" ]; then
-      rm -rf "$download"
-      say "pip download produced no openvino-$OPENVINO_VERSION wheel"
-      exit 1
-    fi
-    mv -f "$wheel" "$cache/"
-    rm -rf "$download"
-    wheel="$cache/$(basename "$wheel")"
-  fi
+  wheel=$("$root/scripts/cached-wheel.sh" openvino "$OPENVINO_VERSION" "$cache")
   say "unpacking openvino/libs from $(basename "$wheel")"
   unpack=$(mktemp -d "$cache/.unpack.XXXXXX")
   members=()

@@ -35,22 +35,7 @@ info="numpy-$numpy_version.dist-info"
 if [[ -d "$dest/site-packages/$info" ]]; then
   exit 0
 fi
-mkdir -p "$cache"
-wheel=$(find "$cache" -maxdepth 1 -name "numpy-$numpy_version-*.whl" -print -quit)
-if [[ -z "$wheel" ]]; then
-  echo "python runtime: downloading numpy==$numpy_version ($tag) from PyPI into $cache" >&2
-  download=$(mktemp -d "$cache/.download.XXXXXX")
-  trap 'rm -rf "$download"' EXIT
-  if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip download --quiet --no-deps \
-      --only-binary=:all: --dest "$download" "numpy==$numpy_version"; then
-    echo "python runtime: could not download numpy==$numpy_version with '$py -m pip'" >&2
-    exit 1
-  fi
-  fetched=$(find "$download" -maxdepth 1 -name "numpy-$numpy_version-*.whl" -print -quit)
-  [[ -n "$fetched" ]] || { echo "python runtime: pip left no numpy wheel" >&2; exit 1; }
-  wheel="$cache/$(basename "$fetched")"
-  mv -f "$fetched" "$wheel"
-fi
+wheel=$("$root/scripts/cached-wheel.sh" numpy "$numpy_version" "$cache")
 tmp="$dest/.site-packages.tmp"
 rm -rf -- "$tmp"
 mkdir -p "$tmp"
